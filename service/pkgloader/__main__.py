@@ -1,0 +1,5 @@
+import sys
+
+from pkgloader.cli import main
+
+sys.exit(main())

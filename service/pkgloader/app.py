@@ -1,0 +1,167 @@
+"""Wiring: settings → caches → fetchers → loader → gRPC server (+ health, reflection), and the
+server's life: `build`, `create_server`, `serve`. Nothing else constructs the graph."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import tempfile
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import grpc
+import httpx
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pkgloader_client import SERVICE_NAME, add_PackageLoaderServiceServicer_to_server
+
+from pkgloader import __version__
+from pkgloader.cache.disk import DiskCache
+from pkgloader.cache.memory import MemoryCache
+from pkgloader.fetch import Fetchers, FileFetcher, HttpFetcher
+from pkgloader.loader import PackageLoader, StoredPackage
+from pkgloader.maintenance import CacheMaintenance
+from pkgloader.rpc.interceptors import CallInterceptor
+from pkgloader.rpc.servicer import PackageLoaderServicer
+from pkgloader.settings import Settings
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"pkgloader/{__version__}"
+
+# Server options: a busy port must be an error, not a silently shared one; requests are small
+# (the largest is a Retain with many hashes), responses carry chunks of up to 1 MiB.
+SERVER_OPTIONS = [
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    ("grpc.max_send_message_length", 8 * 1024 * 1024),
+]
+
+
+@dataclass
+class App:
+    settings: Settings
+    loader: PackageLoader
+    maintenance: CacheMaintenance
+    http: httpx.Client
+    health: health.HealthServicer = field(
+        default_factory=lambda: health.HealthServicer(experimental_non_blocking=True)
+    )
+    _scratch: tempfile.TemporaryDirectory[str] | None = None
+
+    def close(self) -> None:
+        self.loader.close()
+        self.http.close()
+        if self._scratch is not None:
+            self._scratch.cleanup()
+
+
+def build(settings: Settings) -> App:
+    """Construct the object graph from validated settings."""
+    http = httpx.Client(
+        timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
+        limits=httpx.Limits(
+            max_connections=settings.max_downloads * 2,
+            max_keepalive_connections=settings.max_downloads,
+        ),
+        follow_redirects=False,  # HttpFetcher follows them itself, checking every hop
+        trust_env=False,  # no proxy or netrc from the environment: tokens come from one file
+    )
+    fetchers = Fetchers(
+        HttpFetcher(
+            http, user_agent=USER_AGENT, tokens=settings.tokens, deadline=settings.download_timeout
+        ),
+        FileFetcher(settings.file_roots),
+    )
+    disk = None
+    if settings.cache_dir is not None:
+        disk = DiskCache(settings.cache_dir, touch_interval=settings.touch_interval)
+        removed = disk.clean_temp()
+        if removed:
+            log.info("removed temp files left by a crash", extra={"count": removed})
+    scratch = None if disk else tempfile.TemporaryDirectory(prefix="pkgloader-")
+    memory: MemoryCache[StoredPackage] = MemoryCache(settings.memory_cache_bytes)
+    loader = PackageLoader(
+        fetchers=fetchers,
+        disk=disk,
+        memory=memory,
+        default_policy=settings.hash_validation,
+        max_package_bytes=settings.max_package_bytes,
+        max_downloads=settings.max_downloads,
+        scratch_dir=Path(scratch.name) if scratch else None,
+    )
+    return App(settings, loader, CacheMaintenance(disk, memory), http, _scratch=scratch)
+
+
+def create_server(app: App, address: str | None = None) -> tuple[grpc.Server, int]:
+    """A started-ready (not started) server bound to `address`; returns it and its port."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(app.settings.workers, thread_name_prefix="rpc"),
+        interceptors=[CallInterceptor()],
+        options=SERVER_OPTIONS,
+        maximum_concurrent_rpcs=app.settings.workers * 16,
+    )
+    add_PackageLoaderServiceServicer_to_server(
+        PackageLoaderServicer(app.loader, app.maintenance), server
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
+    reflection.enable_server_reflection(
+        [
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    address = address or app.settings.listen
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {address}: {exc}") from None
+    if port == 0:
+        raise OSError(f"cannot listen on {address}: the address is in use or not available")
+    return server, port
+
+
+def set_serving(app: App, serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", SERVICE_NAME):
+        app.health.set(name, status)
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT: health NOT_SERVING, then stop with the grace period."""
+    app = build(settings)
+    server, port = create_server(app)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    set_serving(app, True)
+    log.info(
+        "serving",
+        extra={
+            "listen": settings.listen,
+            "port": port,
+            "cache_dir": str(settings.cache_dir or ""),
+            "memory_cache_bytes": settings.memory_cache_bytes,
+            "version": __version__,
+        },
+    )
+    stop.wait()
+    set_serving(app, False)
+    server.stop(settings.grace_period).wait()
+    app.close()
+    log.info("stopped")

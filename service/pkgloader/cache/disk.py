@@ -1,0 +1,243 @@
+"""`DiskCache`: the shared cache folder, `<lowercase hex>.bin` files with temp files in `__temp__/`.
+
+The layout is the wasmer CLI's, so a folder it wrote can be served. The rules that make the
+folder safe to share between processes and replicas:
+
+- A file appears under its final name only complete, fsynced, and hashing to its name: it is
+  written under `__temp__/`, checked, then published with one atomic rename, and the directory is
+  fsynced. A file that does not hash to its name is never published.
+- Every writer holds a POSIX lock on its temp file; on start-up, temp files whose lock can be
+  taken belong to a dead process and are removed. Live writers of other replicas keep theirs.
+- Readers open and map a file; a concurrent delete (Retain, Evict, prune) unlinks the name only,
+  so a read in progress completes.
+- Last use is the file's mtime, renewed on a hit only when older than `touch_interval`: not a
+  write per hit, and independent of atime (volumes are often mounted noatime or relatime).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import mmap
+import os
+import re
+import stat
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pkgloader.cache.spool import Spool
+from pkgloader.errors import CacheFull
+from pkgloader.hashes import WebcHash
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".bin"
+TEMP_DIR = "__temp__"
+_ENTRY = re.compile(r"^[0-9a-f]{64}\.bin$")
+# ValidateCache, like the reference, also checks names in upper or mixed case.
+_ANY_CASE_ENTRY = re.compile(r"^[0-9a-fA-F]{64}\.bin$")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A package file in the cache."""
+
+    hash: WebcHash
+    size: int
+    last_used: float  # seconds since the epoch
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    name: str
+    expected: str
+    actual: str
+
+
+class DiskCache:
+    def __init__(self, root: Path, *, touch_interval: float = 300.0) -> None:
+        self.root = root
+        self.temp = root / TEMP_DIR
+        self.touch_interval = touch_interval
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.temp.mkdir(exist_ok=True)
+
+    @staticmethod
+    def name(h: WebcHash) -> str:
+        return h.hex + SUFFIX
+
+    def path(self, h: WebcHash) -> Path:
+        return self.root / self.name(h)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def open(self, h: WebcHash) -> tuple[mmap.mmap, int] | None:
+        """Map the file for `h` read-only, or None when it is not cached."""
+        path = self.path(h)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+                return None
+            mapped = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        self._touch(path, st.st_mtime)
+        return mapped, st.st_size
+
+    def contains(self, h: WebcHash) -> bool:
+        return self.path(h).is_file()
+
+    def touch(self, h: WebcHash) -> None:
+        """Record a use of `h` (a memory hit), at most once per touch_interval."""
+        path = self.path(h)
+        with contextlib.suppress(OSError):
+            self._touch(path, path.stat().st_mtime)
+
+    def _touch(self, path: Path, mtime: float) -> None:
+        now = time.time()
+        if now - mtime > self.touch_interval:
+            # A read-only volume, or deleted meanwhile: last use is advisory.
+            with contextlib.suppress(OSError):
+                os.utime(path, (now, now))
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def spool(self, max_bytes: int) -> Spool:
+        """A new locked temp file under `__temp__/` to stream a download into."""
+        path = self.temp / f"{uuid.uuid4().hex}.part"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:  # __temp__ removed from under us (by an operator): recreate
+            self.temp.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise CacheFull("no space left on the cache volume") from None
+            raise
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return Spool(fd, path, max_bytes)
+
+    def publish(self, spool: Spool, h: WebcHash) -> str:
+        """Move a finished, verified spool to its final name. Returns the name."""
+        assert spool.path is not None
+        final = self.path(h)
+        os.replace(spool.path, final)
+        spool.path = None
+        _fsync_dir(self.root)
+        return final.name
+
+    def discard(self, spool: Spool) -> None:
+        """Close a spool and remove its temp file, if any (idempotent)."""
+        spool.close()
+        if spool.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spool.path)
+            spool.path = None
+
+    def clean_temp(self) -> int:
+        """Remove temp files left by dead writers. Returns how many were removed."""
+        removed = 0
+        try:
+            names = os.listdir(self.temp)
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            path = self.temp / name
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live writer (maybe another replica) holds it
+            else:
+                try:
+                    os.unlink(path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+            finally:
+                os.close(fd)
+        return removed
+
+    # -- listing and removing -----------------------------------------------------------------
+
+    def entries(self) -> Iterator[Entry]:
+        """Every package file: names that are exactly `<64 lowercase hex>.bin`, regular files."""
+        with os.scandir(self.root) as it:
+            for item in it:
+                if not _ENTRY.match(item.name):
+                    continue
+                try:
+                    st = item.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    yield Entry(WebcHash(item.name[:64]), st.st_size, st.st_mtime, item.name)
+
+    def remove(self, h: WebcHash) -> bool:
+        """Delete the file for `h`. True if this call deleted it."""
+        try:
+            os.unlink(self.path(h))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def remove_name(self, name: str) -> bool:
+        """Delete a cache file by name; only names a cache entry can have are accepted."""
+        if not _ANY_CASE_ENTRY.match(name):
+            raise ValueError(f"not a cache file name: {name!r}")
+        try:
+            os.unlink(self.root / name)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def validation_candidates(self) -> list[tuple[str, int]]:
+        """(name, size) of every file ValidateCache checks: `<64 hex, any case>.bin`."""
+        found = []
+        with os.scandir(self.root) as it:
+            for item in it:
+                if _ANY_CASE_ENTRY.match(item.name) and item.is_file(follow_symlinks=False):
+                    try:
+                        found.append((item.name, item.stat(follow_symlinks=False).st_size))
+                    except FileNotFoundError:
+                        continue
+        return found
+
+    def hash_file(self, name: str) -> str | None:
+        """sha256 hex of a cache file, or None if it vanished meanwhile."""
+        try:
+            fd = os.open(self.root / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                return hashlib.sha256().hexdigest()
+            # One call over the whole mapping: hashlib releases the GIL for it, so several
+            # files hash in parallel on several threads with no copies.
+            with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
+                return hashlib.sha256(mapped).hexdigest()
+        finally:
+            os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,132 @@
+"""The one error tree of the service. Every failure a caller can see is one of these.
+
+    PkgloaderError
+    ├── InvalidRequest               bad input from the caller
+    │   ├── InvalidHash              not 64 hex digits
+    │   └── InvalidUrl               missing, malformed, or a scheme we do not fetch
+    ├── AccessDenied                 the request names something it may not reach
+    │   └── FileOutsideRoots         file:// outside the configured roots
+    ├── NoDiskCache                  a cache operation with no disk cache configured
+    ├── FetchError                   getting the bytes failed
+    │   ├── UpstreamNotFound         404 / 410, or a missing file:// file
+    │   ├── UpstreamRejected         any other 4xx
+    │   ├── UpstreamUnavailable      5xx, connection failure, timeout
+    │   └── ContentDecodingError     Content-Encoding missing, unknown, or corrupt
+    ├── HashMismatch                 the bytes do not hash to the expected sha256
+    ├── InvalidPackage               the bytes are not a package that parses
+    ├── Cancelled                    the caller went away (nobody reads it; logged only)
+    └── ResourceExhausted            a limit was reached
+        ├── PackageTooLarge          over PKGLOADER_MAX_PACKAGE_BYTES (decoded bytes)
+        └── CacheFull                no space left on the cache volume
+
+Each leaf carries data (url, status, hashes), never a transport status code: the gRPC layer maps
+them once (`pkgloader.rpc.status`). `reason` is the stable machine-readable name clients switch on.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class PkgloaderError(Exception):
+    """Base of every error the service reports to its callers."""
+
+    reason: ClassVar[str] = "INTERNAL"
+
+    def __init__(self, message: str, **metadata: str) -> None:
+        super().__init__(message)
+        self.message = message
+        #: Structured details for clients (string values only: they travel as ErrorInfo metadata).
+        self.metadata = {key: value for key, value in metadata.items() if value}
+
+
+class InvalidRequest(PkgloaderError):
+    reason = "INVALID_ARGUMENT"
+
+
+class InvalidHash(InvalidRequest):
+    reason = "INVALID_SHA256"
+
+
+class InvalidUrl(InvalidRequest):
+    reason = "INVALID_URL"
+
+
+class AccessDenied(PkgloaderError):
+    reason = "ACCESS_DENIED"
+
+
+class FileOutsideRoots(AccessDenied):
+    reason = "FILE_OUTSIDE_ROOTS"
+
+
+class NoDiskCache(PkgloaderError):
+    reason = "NO_DISK_CACHE"
+
+
+class FetchError(PkgloaderError):
+    reason = "FETCH_FAILED"
+
+
+class UpstreamNotFound(FetchError):
+    reason = "UPSTREAM_NOT_FOUND"
+
+
+class UpstreamRejected(FetchError):
+    reason = "UPSTREAM_REJECTED"
+
+
+class UpstreamUnavailable(FetchError):
+    reason = "UPSTREAM_UNAVAILABLE"
+
+
+class ContentDecodingError(FetchError):
+    reason = "CONTENT_DECODING"
+
+
+class HashMismatch(PkgloaderError):
+    reason = "HASH_MISMATCH"
+
+    def __init__(self, *, expected: str, actual: str, source: str) -> None:
+        # The reference's wording, hashes in its uppercase Display form.
+        super().__init__(
+            f"image hash mismatch! expected hash '{expected.upper()}', but the computed hash is "
+            f"'{actual.upper()}' (source '{source}')",
+            expected_sha256=expected,
+            actual_sha256=actual,
+            source=source,
+        )
+        self.expected = expected
+        self.actual = actual
+        self.source = source
+
+
+class InvalidPackage(PkgloaderError):
+    reason = "INVALID_PACKAGE"
+
+
+class Cancelled(PkgloaderError):
+    reason = "CANCELLED"
+
+
+class ResourceExhausted(PkgloaderError):
+    reason = "RESOURCE_EXHAUSTED"
+
+
+class PackageTooLarge(ResourceExhausted):
+    reason = "PACKAGE_TOO_LARGE"
+
+
+class CacheFull(ResourceExhausted):
+    reason = "CACHE_FULL"
+
+
+def leaves() -> list[type[PkgloaderError]]:
+    """Every concrete error class (the status table is checked against this)."""
+    found: list[type[PkgloaderError]] = []
+    pending: list[type[PkgloaderError]] = [PkgloaderError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found

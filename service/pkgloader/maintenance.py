@@ -1,0 +1,185 @@
+"""Cache maintenance: Scan, Retain, Evict and ValidateCache over both tiers.
+
+The disk cache is the truth; the memory tier follows it (whatever leaves the disk leaves memory).
+Every operation touches only names a cache entry can have (`<64 hex>.bin`): temp files and
+anything else an operator put in the folder are never listed, hashed or deleted.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from pkgloader import formats
+from pkgloader.cache.disk import DiskCache, Entry
+from pkgloader.cache.memory import MemoryCache
+from pkgloader.errors import NoDiskCache
+from pkgloader.hashes import WebcHash
+from pkgloader.loader import StoredPackage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetainCriteria:
+    """Each given criterion removes entries; nothing given removes nothing."""
+
+    keep: frozenset[str] = frozenset()  # when non-empty: everything else goes
+    remove: frozenset[str] = frozenset()
+    unused_for: float | None = None  # seconds
+    max_total_bytes: int | None = None
+    dry_run: bool = False
+
+
+@dataclass
+class RetainOutcome:
+    removed: list[Entry] = field(default_factory=list)
+    kept_files: int = 0
+    kept_bytes: int = 0
+    removed_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    name: str
+    expected: str
+    actual: str
+    pruned: bool
+
+
+@dataclass(frozen=True)
+class Broken:
+    name: str
+    sha256: str
+    problems: tuple[str, ...]
+    pruned: bool
+
+
+@dataclass
+class ValidationReport:
+    mismatches: list[Mismatch] = field(default_factory=list)
+    invalid: list[Broken] = field(default_factory=list)
+    checked_files: int = 0
+    checked_bytes: int = 0
+
+
+class CacheMaintenance:
+    def __init__(
+        self, disk: DiskCache | None, memory: MemoryCache[StoredPackage], *, hash_threads: int = 0
+    ) -> None:
+        self.disk = disk
+        self.memory = memory
+        # hashlib releases the GIL, so files hash in parallel, one per core.
+        self._threads = hash_threads or os.cpu_count() or 2
+
+    def _require_disk(self, what: str) -> DiskCache:
+        if self.disk is None:
+            raise NoDiskCache(f"can not {what} - no disk cache configured (PKGLOADER_CACHE_DIR)")
+        return self.disk
+
+    def in_memory(self, h: str) -> bool:
+        return h in self.memory
+
+    def scan(self) -> Iterator[Entry]:
+        return self._require_disk("scan the cache").entries()
+
+    def evict(self, hashes: list[WebcHash], *, delete: bool) -> tuple[list[str], list[str]]:
+        """Drop from memory (and, with `delete`, from disk). Returns (evicted, deleted)."""
+        disk = self._require_disk("delete cache files") if delete else None
+        evicted, deleted = [], []
+        for h in dict.fromkeys(hashes):
+            if self.memory.remove(h.hex) is not None:
+                evicted.append(h.hex)
+            if disk is not None and disk.remove(h):
+                deleted.append(h.hex)
+        return evicted, deleted
+
+    def retain(self, criteria: RetainCriteria) -> RetainOutcome:
+        disk = self._require_disk("retain cache entries")
+        now = time.time()
+        entries = sorted(disk.entries(), key=lambda e: e.last_used, reverse=True)
+        keep_list: list[Entry] = []
+        doomed: list[Entry] = []
+        for entry in entries:
+            h = entry.hash.hex
+            if (
+                (criteria.keep and h not in criteria.keep)
+                or h in criteria.remove
+                or (criteria.unused_for is not None and now - entry.last_used > criteria.unused_for)
+            ):
+                doomed.append(entry)
+            else:
+                keep_list.append(entry)
+        if criteria.max_total_bytes is not None:
+            # Most recently used first: keep them while they fit, drop the tail.
+            total, fitting = 0, []
+            for entry in keep_list:
+                if total + entry.size <= criteria.max_total_bytes:
+                    total += entry.size
+                    fitting.append(entry)
+                else:
+                    doomed.append(entry)
+            keep_list = fitting
+        outcome = RetainOutcome()
+        for entry in doomed:
+            if not criteria.dry_run:
+                self.memory.remove(entry.hash.hex)
+                if not disk.remove(entry.hash):
+                    continue  # someone else removed it first: not ours to report
+            outcome.removed.append(entry)
+            outcome.removed_bytes += entry.size
+        outcome.kept_files = len(keep_list)
+        outcome.kept_bytes = sum(e.size for e in keep_list)
+        return outcome
+
+    def validate(self, *, prune: bool, deep: bool = False) -> ValidationReport:
+        disk = self._require_disk("validate cache")
+        report = ValidationReport()
+        candidates = disk.validation_candidates()
+        with concurrent.futures.ThreadPoolExecutor(self._threads, "validate") as pool:
+            results = pool.map(lambda item: (item, disk.hash_file(item[0])), candidates)
+            for (name, size), actual in results:
+                if actual is None:
+                    continue  # removed while we looked
+                report.checked_files += 1
+                report.checked_bytes += size
+                expected = name[:64].lower()
+                if actual != expected:
+                    log.warning(
+                        "hash mismatch in cached image file",
+                        extra={"file": name, "expected": expected, "actual": actual},
+                    )
+                    pruned = prune and self._drop(disk, name, expected)
+                    report.mismatches.append(Mismatch(name, expected, actual, pruned))
+                elif deep:
+                    problems = _deep_check(disk, name)
+                    if problems:
+                        pruned = prune and self._drop(disk, name, expected)
+                        report.invalid.append(Broken(name, expected, tuple(problems), pruned))
+        return report
+
+    def _drop(self, disk: DiskCache, name: str, h: str) -> bool:
+        self.memory.remove(h)
+        try:
+            disk.remove_name(name)
+        except OSError as exc:
+            log.error("could not delete cached image file", extra={"file": name, "error": str(exc)})
+            return False
+        return True
+
+
+def _deep_check(disk: DiskCache, name: str) -> list[str]:
+    try:
+        container = formats.open_package(disk.root / name)
+    except formats.FormatError as exc:
+        return [str(exc)]
+    except FileNotFoundError:
+        return []
+    try:
+        return container.validate()
+    finally:
+        container.close()

@@ -1,0 +1,28 @@
+"""Value types shared by every floor: how hashes are checked, where a package came from."""
+
+from __future__ import annotations
+
+import enum
+
+
+class HashPolicy(enum.Enum):
+    """What a Load does when the bytes do not hash to the expected sha256."""
+
+    NONE = "none"
+    WARN = "warn"
+    FAIL = "fail"
+
+    @classmethod
+    def parse(cls, text: str) -> HashPolicy:
+        try:
+            return cls(text.strip().lower())
+        except ValueError:
+            raise ValueError(f"expected none, warn or fail, got {text!r}") from None
+
+
+class Source(enum.Enum):
+    """Where a Load found its package."""
+
+    MEMORY = "memory"
+    DISK = "disk"
+    DOWNLOAD = "download"

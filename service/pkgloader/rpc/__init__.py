@@ -1,0 +1,1 @@
+"""The gRPC adapter: proto ↔ domain translation, the status table, interceptors."""

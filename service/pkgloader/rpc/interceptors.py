@@ -1,0 +1,134 @@
+"""Cross-cutting concerns of every RPC, in one place: error mapping, the access log, metrics.
+
+Servicer methods raise domain errors and return; this wraps every handler so that each error is
+mapped once (`status.to_status`), every call logs one structured line, and an unexpected
+exception is logged with its traceback and sent as a bare INTERNAL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from pkgloader.errors import PkgloaderError
+from pkgloader.rpc.status import code_for, internal_status, to_status
+
+log = logging.getLogger("pkgloader.access")
+
+#: Called once per finished RPC with (method, code name, seconds).
+Observer = Callable[[str, str, float], None]
+
+
+class CallContext:
+    """Per-call facts the servicer adds for the access log (package id, hash, source, bytes)."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self) -> None:
+        self.fields: dict[str, Any] = {}
+
+
+class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    def __init__(self, observers: list[Observer] | None = None) -> None:
+        self._observers = observers or []
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            def unary(request: Any, context: grpc.ServicerContext) -> Any:
+                call = self._begin(context)
+                started, code = time.perf_counter(), "OK"
+                try:
+                    return inner_uu(request, context)
+                except Exception as exc:
+                    code = self._fail(exc, context, method, call)
+                    raise
+                finally:
+                    self._end(method, code, started, call)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                call = self._begin(context)
+                started, code = time.perf_counter(), "OK"
+                try:
+                    yield from inner_us(request, context)
+                except GeneratorExit:
+                    code = "CANCELLED"  # the client went away mid-stream
+                    raise
+                except Exception as exc:
+                    code = self._fail(exc, context, method, call)
+                    raise
+                finally:
+                    if code == "OK" and not context.is_active():
+                        code = "CANCELLED"
+                    self._end(method, code, started, call)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
+
+    @staticmethod
+    def _begin(context: grpc.ServicerContext) -> CallContext:
+        call = CallContext()
+        metadata = dict(context.invocation_metadata() or ())
+        request_id = metadata.get("x-request-id")
+        if not isinstance(request_id, str) or not request_id or len(request_id) > 128:
+            request_id = uuid.uuid4().hex
+        call.fields["request_id"] = request_id
+        setattr(context, "pkgloader_call", call)  # noqa: B010 - the servicer adds its facts here
+        return call
+
+    @staticmethod
+    def _fail(exc: Exception, context: grpc.ServicerContext, method: str, call: CallContext) -> str:
+        """Set the status for `exc` on the call; the caller re-raises, and grpc sends it."""
+        if isinstance(exc, PkgloaderError):
+            call.fields["error"] = exc.message
+            call.fields["reason"] = exc.reason
+            status = to_status(exc)
+            code = code_for(exc).name
+        else:
+            log.error(
+                "unexpected error in %s",
+                method,
+                exc_info=exc,
+                extra={"request_id": call.fields["request_id"]},
+            )
+            status, code = internal_status(), "INTERNAL"
+        # abort_with_status records the status, then raises by design; the original exception
+        # propagates instead, and grpc sends the recorded status.
+        with contextlib.suppress(Exception):
+            context.abort_with_status(status)
+        return code
+
+    def _end(self, method: str, code: str, started: float, call: CallContext) -> None:
+        seconds = time.perf_counter() - started
+        log.info(
+            "rpc",
+            extra={
+                "method": method,
+                "status": code,
+                "duration_ms": round(seconds * 1e3, 3),
+                **call.fields,
+            },
+        )
+        for observe in self._observers:
+            observe(method, code, seconds)

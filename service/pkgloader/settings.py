@@ -1,0 +1,186 @@
+"""Configuration: `PKGLOADER_*` environment variables, each also a `pkgloader serve` flag.
+
+Everything is validated once, at start-up, into an immutable `Settings`; a bad value stops the
+process with a message naming the variable. Nothing reads the environment after that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pkgloader.policy import HashPolicy
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    "k": 10**3,
+    "m": 10**6,
+    "g": 10**9,
+    "t": 10**12,
+    "ki": 2**10,
+    "mi": 2**20,
+    "gi": 2**30,
+    "ti": 2**40,
+}
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+def parse_size(text: str) -> int:
+    """`1048576`, `512Mi`, `2G`, `64KiB` → bytes."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"expected a byte count such as 1048576, 512Mi or 2G, got {text!r}")
+    return int(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
+
+
+def parse_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def parse_listen(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, got {text!r}")
+    return text
+
+
+def _parse_roots(text: str) -> tuple[Path, ...]:
+    roots = []
+    for part in filter(None, text.split(":")):
+        path = Path(part).expanduser()
+        if not path.is_absolute():
+            raise ValueError(f"file roots must be absolute paths, got {part!r}")
+        roots.append(path.resolve())
+    return tuple(roots)
+
+
+def _parse_cache_dir(text: str) -> Path | None:
+    return Path(text).expanduser().absolute() if text.strip() else None
+
+
+def _parse_optional_path(text: str) -> Path | None:
+    return Path(text).expanduser() if text.strip() else None
+
+
+def _parse_positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "pkgloader")
+
+
+def _setting(default: Any, parse: Callable[[str], Any], help: str) -> Any:
+    return field(default=default, metadata={"parse": parse, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration. Field `x_y` is variable `PKGLOADER_X_Y` and flag `--x-y`."""
+
+    listen: str = _setting("127.0.0.1:50051", parse_listen, "gRPC address, host:port")
+    cache_dir: Path | None = _setting(
+        None, _parse_cache_dir, "disk cache folder; empty: memory only (default ~/.cache/pkgloader)"
+    )
+    memory_cache_bytes: int = _setting(256 * MiB, parse_size, "memory cache budget; 0 disables it")
+    hash_validation: HashPolicy = _setting(
+        HashPolicy.FAIL, HashPolicy.parse, "default hash check: none, warn or fail"
+    )
+    tokens_file: Path | None = _setting(
+        None, _parse_optional_path, "JSON object mapping upstream authority (host[:port]) to token"
+    )
+    file_roots: tuple[Path, ...] = _setting(
+        (), _parse_roots, "colon-separated folders file:// URLs may read (none by default)"
+    )
+    max_package_bytes: int = _setting(
+        4 * GiB, parse_size, "largest package accepted, counted in decoded bytes"
+    )
+    connect_timeout: float = _setting(10.0, parse_seconds, "upstream connect timeout, seconds")
+    read_timeout: float = _setting(30.0, parse_seconds, "upstream read (idle) timeout, seconds")
+    download_timeout: float = _setting(
+        900.0, parse_seconds, "overall deadline of one download, seconds"
+    )
+    workers: int = _setting(64, _parse_positive_int, "gRPC worker threads")
+    max_downloads: int = _setting(16, _parse_positive_int, "concurrent downloads per process")
+    touch_interval: float = _setting(
+        300.0,
+        parse_seconds,
+        "how stale a cache file's last-use stamp may get before a hit renews it",
+    )
+    grace_period: float = _setting(10.0, parse_seconds, "seconds in-flight calls get on shutdown")
+    log_level: str = _setting("INFO", str.upper, "DEBUG, INFO, WARNING or ERROR")
+    tokens: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def env_name(cls, name: str) -> str:
+        return f"PKGLOADER_{name.upper()}"
+
+    @classmethod
+    def options(cls) -> list[tuple[str, str]]:
+        """(field name, help) of every configurable setting, for the command line."""
+        return [(f.name, f.metadata["help"]) for f in fields(cls) if "parse" in f.metadata]
+
+    @classmethod
+    def load(
+        cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Settings from `env` (default: os.environ), then `overrides` (command-line flags)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if "parse" not in f.metadata:
+                continue
+            name = cls.env_name(f.name)
+            text = (overrides or {}).get(f.name)
+            if text is None:
+                text = env.get(name)
+            if text is None and f.name == "cache_dir":
+                text = _default_cache_dir()
+            if text is None:
+                continue
+            try:
+                values[f.name] = f.metadata["parse"](text)
+            except ValueError as exc:
+                raise SettingsError(f"{name}: {exc}") from None
+        if values.get("log_level", "INFO") not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise SettingsError(f"PKGLOADER_LOG_LEVEL: unknown level {values['log_level']!r}")
+        settings = cls(**values)
+        if settings.tokens_file is not None:
+            object.__setattr__(settings, "tokens", _read_tokens(settings.tokens_file))
+        return settings
+
+
+def _read_tokens(path: Path) -> dict[str, str]:
+    # Never echo the file's content in an error: it holds secrets.
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise SettingsError(f"PKGLOADER_TOKENS_FILE: cannot read {path}: {exc.strerror}") from None
+    except ValueError:
+        raise SettingsError(f"PKGLOADER_TOKENS_FILE: {path} is not valid JSON") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k and v for k, v in data.items()
+    ):
+        raise SettingsError(
+            f"PKGLOADER_TOKENS_FILE: {path} must hold a JSON object of authority -> token strings"
+        )
+    return {k.lower(): v for k, v in data.items()}
