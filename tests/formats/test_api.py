@@ -1,0 +1,210 @@
+"""The public surface: exported names, detection, CBOR decoding and the JSON rules."""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+from pathlib import Path
+
+import cbor2
+import pkgloader.formats as formats
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pkgloader.formats import (
+    DetectError,
+    FormatError,
+    TarballLimits,
+    detect,
+    open_package,
+    to_jsonable,
+)
+from pkgloader.formats._cbor import decode_cbor
+
+from ._helpers import COWSAY, HELLO, WEBSERVER
+
+
+def test_public_names_are_pinned() -> None:
+    """The curated __all__ is sorted and is exactly what the rest of the service codes against."""
+    assert formats.__all__ == [
+        "JSON", "Atom", "Binding", "Command", "Container", "Dependency", "DetectError",
+        "DirEntry", "FormatError", "Manifest", "Metadata", "TarballLimits", "Volume",
+        "detect", "open_package", "to_jsonable",
+    ]  # fmt: skip
+    assert formats.__all__ == sorted(formats.__all__, key=lambda n: (not n.isupper(), n))
+    for name in formats.__all__:
+        assert hasattr(formats, name)
+
+
+def test_detect_error_is_a_format_error() -> None:
+    """DetectError is the FormatError subclass for 'not a package at all'."""
+    assert issubclass(DetectError, FormatError)
+    assert issubclass(FormatError, Exception)
+
+
+def test_default_tarball_limits() -> None:
+    """The documented defaults: 512 MiB per member, 1 GiB in total, 10 000 members."""
+    assert TarballLimits() == TarballLimits(512 * 2**20, 2**30, 10_000)
+
+
+@pytest.mark.parametrize(
+    ("head", "kind"),
+    [
+        (b"\x1f\x8b", "tarball"),
+        (b"\x00webc001", "webc-v1"),
+        (b"\x00webc002", "webc-v2"),
+        (b"\x00webc003", "webc-v3"),
+    ],
+)
+def test_detect_by_magic(head: bytes, kind: str) -> None:
+    """Detection looks only at the gzip magic or at the webc magic and version."""
+    for data in (head, bytearray(head), memoryview(head + b"rest")):
+        assert detect(data) == kind
+
+
+def test_detect_accepts_an_mmap(tmp_path: Path) -> None:
+    """detect() and open_package() accept an mmap the caller owns (and leave it open)."""
+    with HELLO.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        assert detect(mm) == "webc-v1"
+        container = open_package(mm)
+        assert container.manifest.package["wapm"] == {
+            "name": "wasmer/hello",
+            "version": "0.1.0",
+            "description": "wasmer/hello website",
+        }
+        container.close()
+        assert not mm.closed
+
+
+def test_open_package_accepts_str_paths_and_bytes_likes() -> None:
+    """A str path, a PathLike, bytes, bytearray and memoryview all open the same package."""
+    raw = WEBSERVER.read_bytes()
+    for source in (str(WEBSERVER), WEBSERVER, raw, bytearray(raw), memoryview(raw)):
+        with open_package(source) as c:
+            assert c.manifest.entrypoint == "script"
+
+
+def test_tarball_from_a_path_releases_the_mapping() -> None:
+    """A tar.gz opened from a path is decoded into memory and needs no mapping afterwards."""
+    c = open_package(COWSAY)
+    assert c._owned is None
+    assert c.get_atom("cowsay") is not None
+    c.close()
+
+
+# ------------------------------------------------------------------------- to_jsonable
+
+
+def test_jsonable_rules() -> None:
+    """bytes, big ints, tags, undefined, simple values, non-finite floats, non-str keys."""
+    value = {
+        "b": b"\x00\xff",
+        "big": 2**53 + 1,
+        "edge": 2**53,
+        "neg": -(2**60),
+        "tag": cbor2.CBORTag(1234, [b"x"]),
+        "undef": cbor2.undefined,
+        "simple": cbor2.CBORSimpleValue(5),
+        "nan": math.nan,
+        "inf": -math.inf,
+        1: "int key",
+        "tuple": (1, 2),
+        "ok": [None, True, 1.5, "s"],
+    }
+    assert to_jsonable(value) == {
+        "b": {"$bytes": "AP8="},
+        "big": "9007199254740993",
+        "edge": 2**53,
+        "neg": "-1152921504606846976",
+        "tag": {"$tag": 1234, "value": [{"$bytes": "eA=="}]},
+        "undef": None,
+        "simple": {"$simple": 5},
+        "nan": "NaN",
+        "inf": "-Infinity",
+        "1": "int key",
+        "tuple": [1, 2],
+        "ok": [None, True, 1.5, "s"],
+    }
+    json.dumps(to_jsonable(value), allow_nan=False)
+
+
+def test_jsonable_rejects_cycles_and_unknown_types() -> None:
+    """A self-containing value raises ValueError; a non-CBOR type raises TypeError."""
+    loop: list[object] = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match="contains itself"):
+        to_jsonable(loop)
+    with pytest.raises(TypeError):
+        to_jsonable(object())
+
+
+def test_manifest_raw_is_json_safe() -> None:
+    """Manifest.raw of every webc sample serialises with json.dumps as is."""
+    for path in (HELLO, WEBSERVER, COWSAY):
+        with open_package(path) as c:
+            json.dumps(c.manifest.raw, allow_nan=False)
+
+
+# ------------------------------------------------------------------------- CBOR decoder
+
+cbor_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**64), max_value=2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(st.text(max_size=8) | st.integers(-5, 5), children, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(cbor_values)
+def test_decoder_agrees_with_cbor2(value: object) -> None:
+    """Our defensive decoder reads whatever cbor2 writes as cbor2 itself would."""
+    encoded = cbor2.dumps(value)
+    assert decode_cbor(memoryview(encoded), "test") == cbor2.loads(encoded)
+
+
+@pytest.mark.parametrize(
+    ("encoded", "expected"),
+    [
+        (bytes.fromhex("c249010000000000000000"), 2**64),  # bignum
+        (bytes.fromhex("c349010000000000000000"), -1 - 2**64),
+        (bytes.fromhex("5f42010243030405ff"), b"\x01\x02\x03\x04\x05"),  # indefinite bytes
+        (bytes.fromhex("7f657374726561646d696e67ff"), "streaming"),
+        (bytes.fromhex("9f018202039f0405ffff"), [1, [2, 3], [4, 5]]),
+        (bytes.fromhex("bf61610161629f0203ffff"), {"a": 1, "b": [2, 3]}),
+        (bytes.fromhex("f93c00"), 1.0),  # half float
+        (bytes.fromhex("f7"), None),  # undefined is kept as cbor2.undefined; compare below
+        (bytes.fromhex("d82076687474703a2f2f7777772e6578616d706c652e636f6d"),
+         cbor2.CBORTag(32, "http://www.example.com")),
+    ],
+)  # fmt: skip
+def test_decoder_rfc8949_vectors(encoded: bytes, expected: object) -> None:
+    """Examples from RFC 8949 appendix A decode as cbor2 decodes them (tags kept as CBORTag)."""
+    decoded = decode_cbor(memoryview(encoded), "test")
+    if encoded == b"\xf7":
+        assert decoded is cbor2.undefined
+    else:
+        assert decoded == expected
+
+
+def test_decoder_ignores_trailing_padding() -> None:
+    """One item is decoded and trailing bytes (the webc index padding) are ignored."""
+    assert decode_cbor(memoryview(cbor2.dumps({"a": 1}) + bytes(98)), "test") == {"a": 1}
+
+
+def test_decoder_does_not_apply_semantic_tags() -> None:
+    """A self-referencing value (shared-reference tags 28/29) decodes to inert CBORTags."""
+    loop: list[object] = []
+    loop.append(loop)
+    encoded = cbor2.dumps(loop, value_sharing=True)
+    decoded = decode_cbor(memoryview(encoded), "test")
+    assert decoded == cbor2.CBORTag(28, [cbor2.CBORTag(29, 0)])
+    assert to_jsonable(decoded) == {"$tag": 28, "value": [{"$tag": 29, "value": 0}]}
