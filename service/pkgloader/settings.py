@@ -84,8 +84,8 @@ def _parse_positive_int(text: str) -> int:
     return value
 
 
-def _default_cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+def _default_cache_dir(env: Mapping[str, str]) -> str:
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return str(Path(base) / "pkgloader")
 
 
@@ -154,7 +154,7 @@ class Settings:
             if text is None:
                 text = env.get(name)
             if text is None and f.name == "cache_dir":
-                text = _default_cache_dir()
+                text = _default_cache_dir(env)
             if text is None:
                 continue
             try:

@@ -1,0 +1,90 @@
+"""The servicer through pytest-grpc's fixtures (`grpc_stub`, `grpc_channel`), backed by our real
+server: `create_server` on 127.0.0.1 port 0 (pytest-grpc's own `grpc_addr` probes a port and
+releases it, which races; ours binds port 0 and reports what it got)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pkgloader import app as app_module
+from pkgloader_client import PackageLoaderServiceStub, pb
+
+from tests.conftest import COWSAY, STATIC, load_request, test_settings
+
+
+@pytest.fixture(scope="module")
+def grpc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    app = app_module.build(test_settings(tmp_path_factory.mktemp("servicer")))
+    server, port = app_module.create_server(app)
+    server.start()
+    app_module.set_serving(app, True)
+    server.pkgloader_port = port
+    yield server
+    server.stop(None).wait()
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def grpc_addr(grpc_server: Any) -> str:
+    return f"127.0.0.1:{grpc_server.pkgloader_port}"
+
+
+@pytest.fixture(scope="module")
+def grpc_stub_cls() -> type[PackageLoaderServiceStub]:
+    return PackageLoaderServiceStub
+
+
+def test_load_returns_the_v3_manifest(grpc_stub: PackageLoaderServiceStub) -> None:
+    """Load of the v3 fixture returns its entrypoint, command annotations and dependency."""
+    first = next(grpc_stub.Load(load_request(STATIC.url, STATIC.sha256)))
+    manifest = first.package.manifest
+    assert manifest.entrypoint == "script"
+    [command] = manifest.commands
+    assert command.runner == "https://webc.org/runner/wasi"
+    assert command.annotations["atom"]["dependency"] == "wasmer/static-web-server"
+    assert list(command.annotations["wasi"]["main-args"]) == ["-w", "/settings/config.toml"]
+    assert [(d.alias, d.spec) for d in manifest.dependencies] == [
+        ("wasmer/static-web-server", "wasmer/static-web-server@^1")
+    ]
+    assert {v.name: (v.files, v.bytes) for v in first.package.volumes} == {
+        "/settings": (1, 3139),
+        "metadata": (0, 0),
+    }
+
+
+def test_load_returns_the_converted_tarball_manifest(grpc_stub: PackageLoaderServiceStub) -> None:
+    """Load of cowsay.tar.gz returns wasmer's converted manifest (atoms, runners, no entrypoint)."""
+    manifest = next(grpc_stub.Load(load_request(COWSAY.url, COWSAY.sha256))).package.manifest
+    assert not manifest.HasField("entrypoint")
+    assert [(c.name, c.runner) for c in manifest.commands] == [
+        ("cowsay", "https://webc.org/runner/wasi"),
+        ("cowthink", "https://webc.org/runner/wasi"),
+    ]
+    [atom] = manifest.atoms
+    assert (atom.name, atom.kind, atom.signature, atom.size) == (
+        "cowsay",
+        "https://webc.org/kind/wasm",
+        "sha256:DPmhiSNXCg5261eTUi3BIvAc/aJttGj+nD+bGhQkVQo=",
+        1058629,
+    )
+    assert manifest.package["wapm"]["repository"] == "https://github.com/wapm-packages/cowsay"
+
+
+def test_health_is_serving(grpc_channel: grpc.Channel) -> None:
+    """The standard health service answers SERVING on the same port."""
+    stub = health_pb2_grpc.HealthStub(grpc_channel)
+    response = stub.Check(
+        health_pb2.HealthCheckRequest(service="pkgloader.v1.PackageLoaderService")
+    )
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_scan_after_loads(grpc_stub: PackageLoaderServiceStub) -> None:
+    """The module's loads are listed by Scan."""
+    next(grpc_stub.Load(load_request(COWSAY.url, COWSAY.sha256)))
+    hashes = {e.webc_sha256 for r in grpc_stub.Scan(pb.ScanRequest()) for e in r.entries}
+    assert COWSAY.sha256 in hashes
