@@ -92,6 +92,8 @@ def build(settings: Settings) -> App:
         max_package_bytes=settings.max_package_bytes,
         max_downloads=settings.max_downloads,
         scratch_dir=Path(scratch.name) if scratch else None,
+        lease_ttl=settings.lease_ttl,
+        lease_wait=settings.download_timeout,
     )
     return App(settings, loader, CacheMaintenance(disk, memory), http, _scratch=scratch)
 

@@ -3,7 +3,9 @@
 This is the only place the tiers meet. The rules it keeps:
 
 - Lookup order is memory, then disk (promoted to memory when it fits), then a download.
-- Concurrent loads of the same (hash, URL) in this process share one download (single flight).
+- Concurrent loads of the same (hash, URL) in this process share one download (single flight),
+  and processes sharing the disk cache take a lease per package, so one replica downloads while
+  the others wait for its file.
   The download runs on the loader's own thread pool, not on a caller's thread: a caller that
   leaves does not cancel it, and it completes into the cache for whoever asks next.
 - The download streams into a temp file while it is hashed; it is published under its name only
@@ -91,6 +93,7 @@ class _Download:
     actual: str
     package: StoredPackage | None
     parse_error: formats.FormatError | None
+    source: Source = Source.DOWNLOAD
 
 
 class PackageLoader:
@@ -105,12 +108,18 @@ class PackageLoader:
         max_downloads: int = 16,
         max_queued_downloads: int | None = None,
         scratch_dir: Path | None = None,
+        lease_ttl: float = 30.0,
+        lease_wait: float = 900.0,
     ) -> None:
         self.fetchers = fetchers
         self.disk = disk
         self.memory = memory
         self.default_policy = default_policy
         self.max_package_bytes = max_package_bytes
+        #: A replica's download lease is presumed dead after `lease_ttl` s without a heartbeat;
+        #: waiting for another replica's download gives up after `lease_wait` s.
+        self.lease_ttl = lease_ttl
+        self.lease_wait = lease_wait
         self._pool = concurrent.futures.ThreadPoolExecutor(max_downloads, "download")
         self._max_flights = max_queued_downloads or max_downloads * 8
         self._flights: dict[tuple[str, str], concurrent.futures.Future[_Download]] = {}
@@ -158,7 +167,7 @@ class PackageLoader:
         if download.parse_error is not None:
             raise _invalid(download.parse_error, str(url))
         assert download.package is not None
-        return LoadResult(download.package, Source.DOWNLOAD, warnings)
+        return LoadResult(download.package, download.source, warnings)
 
     def _from_disk(self, h: WebcHash) -> StoredPackage | None:
         if self.disk is None:
@@ -215,11 +224,7 @@ class PackageLoader:
         url: str,
     ) -> None:
         try:
-            # Another process may have stored it since this caller looked.
-            stored = self._from_disk(h)
-            result = (
-                _Download(h.hex, stored, None) if stored is not None else self._download(h, url)
-            )
+            result = self._fetch_once(h, url)
         except BaseException as exc:  # noqa: BLE001 - handed to every waiter
             future.set_exception(exc)
         else:
@@ -227,6 +232,19 @@ class PackageLoader:
         finally:
             with self._lock:
                 self._flights.pop(key, None)
+
+    def _fetch_once(self, h: WebcHash, url: str) -> _Download:
+        """Download `h` unless another process of the shared cache does (or did) it already."""
+        if self.disk is None:
+            return self._download(h, url)
+        lease = self.disk.await_or_lease(h, ttl=self.lease_ttl, timeout=self.lease_wait)
+        if lease is None:
+            stored = self._from_disk(h)
+            if stored is not None:
+                return _Download(h.hex, stored, None, Source.DISK)
+            return self._download(h, url)  # stored, then removed at once (Retain): fetch it
+        with lease:
+            return self._download(h, url)
 
     @staticmethod
     def _await(

@@ -126,6 +126,10 @@ class Settings:
         parse_seconds,
         "how stale a cache file's last-use stamp may get before a hit renews it",
     )
+    lease_ttl: float = _setting(
+        30.0, parse_seconds,
+        "seconds without a heartbeat after which another replica takes over a download lease",
+    )
     grace_period: float = _setting(10.0, parse_seconds, "seconds in-flight calls get on shutdown")
     log_level: str = _setting("INFO", str.upper, "DEBUG, INFO, WARNING or ERROR")
     tokens: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)

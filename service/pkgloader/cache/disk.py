@@ -10,6 +10,8 @@ folder safe to share between processes and replicas:
   taken belong to a dead process and are removed. Live writers of other replicas keep theirs.
 - Readers open and map a file; a concurrent delete (Retain, Evict, prune) unlinks the name only,
   so a read in progress completes.
+- A download of one package by several replicas at once is avoided by a lease file per package
+  in `__temp__/` (see `lease.py`): one replica downloads, the others wait for its file.
 - Last use is the file's mtime, renewed on a hit only when older than `touch_interval`: not a
   write per hit, and independent of atime (volumes are often mounted noatime or relatime).
 """
@@ -31,8 +33,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pkgloader.cache.lease import Lease, try_acquire
 from pkgloader.cache.spool import Spool
-from pkgloader.errors import CacheFull
+from pkgloader.errors import CacheFull, UpstreamUnavailable
 from pkgloader.hashes import WebcHash
 
 log = logging.getLogger(__name__)
@@ -145,11 +148,37 @@ class DiskCache:
                 os.unlink(spool.path)
             spool.path = None
 
+    def await_or_lease(
+        self, h: WebcHash, *, ttl: float, timeout: float, poll: float = 0.05
+    ) -> Lease | None:
+        """The download lease for `h`, or None as soon as `h` is stored (by whoever holds it).
+
+        Waits while another live process holds the lease; takes it over once it is stale.
+        """
+        path = self.temp / f"{h.hex}.lease"
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.contains(h):
+                return None
+            lease = try_acquire(path, ttl)
+            if lease is not None:
+                if self.contains(h):  # stored between our look and our lease
+                    lease.release()
+                    return None
+                return lease
+            if time.monotonic() > deadline:
+                raise UpstreamUnavailable(
+                    f"timed out after {timeout:.0f}s waiting for another replica to download "
+                    f"{h.hex}",
+                    sha256=h.hex,
+                )
+            time.sleep(poll)
+
     def clean_temp(self) -> int:
         """Remove temp files left by dead writers. Returns how many were removed."""
         removed = 0
         try:
-            names = os.listdir(self.temp)
+            names = [n for n in os.listdir(self.temp) if n.endswith(".part")]
         except FileNotFoundError:
             return 0
         for name in names:

@@ -1,0 +1,100 @@
+"""Leases: which replica downloads a package, among processes sharing one cache folder.
+
+A lease is a file `__temp__/<name>.lease` created with O_EXCL; its holder renews its mtime every
+`ttl / 3` seconds from a heartbeat thread. Another process that finds it waits; once the mtime is
+older than `ttl` the holder is presumed dead (SIGKILL, a lost node) and the lease is taken over.
+Plain files and mtimes, not POSIX locks, because they behave the same on every filesystem a PVC
+may be (NFS without lockd included).
+
+Correctness never rests on a lease: publishing is atomic and content-addressed, so in the rare
+race where two processes both take over a stale lease, both download and both publish the same
+bytes. The lease only makes that the exception instead of the rule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+
+class Lease:
+    """A held lease. `release()` (or leaving the `with` block) gives it up."""
+
+    def __init__(self, path: Path, fd: int, ttl: float) -> None:
+        self.path = path
+        self._fd = fd
+        self._ino = os.fstat(fd).st_ino
+        self._stop = threading.Event()
+        self._beat = threading.Thread(
+            target=self._heartbeat, args=(ttl / 3,), name="lease-heartbeat", daemon=True
+        )
+        self._beat.start()
+
+    def _heartbeat(self, every: float) -> None:
+        while not self._stop.wait(every):
+            with contextlib.suppress(OSError):
+                os.utime(self._fd)
+
+    @property
+    def held(self) -> bool:
+        """Whether the lease file at `path` is still ours (not taken over as stale)."""
+        try:
+            return os.stat(self.path).st_ino == self._ino
+        except FileNotFoundError:
+            return False
+
+    def release(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._beat.join()
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        os.close(self._fd)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def try_acquire(path: Path, ttl: float) -> Lease | None:
+    """Take the lease at `path` if it is free or stale; None if a live holder has it."""
+    for _ in range(3):  # a takeover frees the name; try again right away
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            if not _take_over_if_stale(path, ttl):
+                return None
+            continue
+        holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        with contextlib.suppress(OSError):
+            os.write(fd, json.dumps(holder).encode())
+        return Lease(path, fd, ttl)
+    return None
+
+
+def _take_over_if_stale(path: Path, ttl: float) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return True  # released meanwhile
+    if time.time() - st.st_mtime <= ttl:
+        return False
+    # Rename first: only one of several takers wins the rename of this inode.
+    graveyard = path.with_name(f"{path.name}.{uuid.uuid4().hex}.stale")
+    try:
+        os.rename(path, graveyard)
+    except FileNotFoundError:
+        return True
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(graveyard)
+    return True
