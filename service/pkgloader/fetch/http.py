@@ -99,7 +99,13 @@ class HttpFetcher:
                 except httpx.TimeoutException:
                     error: FetchError = _unavailable(original, "timed out")
                     break
+                except httpx.InvalidURL as exc:
+                    # httpx builds a redirect's next request even when it does not follow it,
+                    # so a Location it cannot use fails inside send(): the upstream's fault.
+                    raise _bad_location(original, str(exc)) from None
                 except httpx.TransportError as exc:
+                    if _INVALID_LOCATION in str(exc):
+                        raise _bad_location(original, str(exc)) from None
                     error = _unavailable(original, _describe(exc))
                     break
                 if response.status_code in _REDIRECT_STATUS and "location" in response.headers:
@@ -155,11 +161,7 @@ def _redirect_target(current: httpx.URL, location: str, original: httpx.URL) -> 
     try:
         target = current.join(location)
     except (httpx.InvalidURL, ValueError):
-        raise UpstreamRejected(
-            f'package download failed: GET request to "{original}" was redirected to an invalid '
-            f"location {location[:200]!r}",
-            url=str(original),
-        ) from None
+        raise _bad_location(original, repr(location[:200])) from None
     if target.scheme not in ("http", "https"):
         # Above all not file://: a redirect must never turn a download into a local read.
         raise InvalidUrl(
@@ -168,6 +170,18 @@ def _redirect_target(current: httpx.URL, location: str, original: httpx.URL) -> 
             url=str(original),
         )
     return target
+
+
+# httpx's wording when a Location header does not parse (it raises RemoteProtocolError).
+_INVALID_LOCATION = "Invalid URL in location header"
+
+
+def _bad_location(original: httpx.URL, detail: str) -> UpstreamRejected:
+    return UpstreamRejected(
+        f'package download failed: GET request to "{original}" was redirected to an invalid '
+        f"location {detail[:200]}",
+        url=str(original),
+    )
 
 
 def _status_error(url: httpx.URL, response: httpx.Response) -> FetchError:
