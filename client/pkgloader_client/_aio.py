@@ -1,0 +1,259 @@
+"""`AsyncPackageLoaderClient`: the asyncio client (grpc.aio), the same calls as the blocking one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from pkgloader_client._client import Progress, _translated
+from pkgloader_client._config import (
+    DEFAULT_LOAD_TIMEOUT,
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT,
+    SERVICE_NAME,
+    AtomicFile,
+    Connection,
+    HashValidation,
+    PathLike,
+    evict_request,
+    load_request,
+    retain_request,
+    validate_request,
+)
+from pkgloader_client._errors import InternalError, from_rpc_error
+from pkgloader_client._generated.pkgloader.v1 import package_loader_pb2 as pb
+from pkgloader_client._generated.pkgloader.v1.package_loader_pb2_grpc import (
+    PackageLoaderServiceStub,
+)
+from pkgloader_client._models import (
+    CacheEntry,
+    EvictResult,
+    Package,
+    RetainResult,
+    ServingStatus,
+    ValidationReport,
+    entries,
+)
+
+# grpc.aio.EOF: what read() returns at the end of a stream (missing from grpc-stubs).
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
+
+
+async def _first_package(call: Any) -> pb.Package:
+    first = await call.read()
+    if first is _EOF or first.WhichOneof("item") != "package":
+        raise InternalError("the Load stream did not start with the package metadata")
+    package: pb.Package = first.package
+    return package
+
+
+async def _chunks(call: Any) -> AsyncIterator[bytes]:
+    while (response := await call.read()) is not _EOF:
+        if response.WhichOneof("item") != "chunk":
+            raise InternalError("the Load stream sent a second package item")
+        yield response.chunk
+
+
+class AsyncPackageLoaderClient:
+    """An asyncio client of the pkgloader service; `await close()`, or use `async with`.
+
+    Same options, calls and errors as `PackageLoaderClient`; `channel` takes a `grpc.aio.Channel`.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        token: str | None = None,
+        tls: bool | None = None,
+        tls_ca: bytes | PathLike | None = None,
+        tls_cert: bytes | PathLike | None = None,
+        tls_key: bytes | PathLike | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        load_timeout: float = DEFAULT_LOAD_TIMEOUT,
+        options: Sequence[tuple[str, Any]] = (),
+        metadata: Sequence[tuple[str, str]] = (),
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self._connection = Connection.create(
+            target,
+            token=token,
+            tls=tls,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            options=options,
+            metadata=metadata,
+        )
+        self._owns_channel = channel is None
+        self.channel: grpc.aio.Channel = channel or self._connection.aio_channel()
+        self.stub: Any = PackageLoaderServiceStub(self.channel)
+        self._health: Any = health_pb2_grpc.HealthStub(self.channel)
+        self.timeout = timeout
+        self.load_timeout = load_timeout
+
+    @property
+    def target(self) -> str:
+        return self._connection.target
+
+    async def close(self) -> None:
+        if self._owns_channel:
+            await self.channel.close(None)
+
+    async def __aenter__(self) -> AsyncPackageLoaderClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _call_args(self, timeout: float | None, default: float) -> dict[str, Any]:
+        return {
+            "timeout": default if timeout is None else timeout,
+            "metadata": self._connection.metadata,
+        }
+
+    async def load(
+        self,
+        url: str,
+        sha256: str,
+        *,
+        package_id: str | None = None,
+        include_content: bool = False,
+        hash_validation: HashValidation | None = None,
+        size: int | None = None,
+        timeout: float | None = None,
+    ) -> Package:
+        """Load a package; with `include_content`, its bytes come in `Package.content`."""
+        request = load_request(
+            url,
+            sha256,
+            package_id=package_id,
+            include_content=include_content,
+            hash_validation=hash_validation,
+            size=size,
+        )
+        with _translated():
+            call = self.stub.Load(request, **self._call_args(timeout, self.load_timeout))
+            package = await _first_package(call)
+            content = b"".join([chunk async for chunk in _chunks(call)])
+        return Package.from_proto(package, content if include_content else None)
+
+    async def load_to(
+        self,
+        path: PathLike,
+        url: str,
+        sha256: str,
+        *,
+        package_id: str | None = None,
+        hash_validation: HashValidation | None = None,
+        size: int | None = None,
+        timeout: float | None = None,
+        progress: Progress | None = None,
+    ) -> Package:
+        """Stream a package into `path` atomically (see `PackageLoaderClient.load_to`)."""
+        request = load_request(
+            url,
+            sha256,
+            package_id=package_id,
+            include_content=True,
+            hash_validation=hash_validation,
+            size=size,
+        )
+        target = await asyncio.to_thread(AtomicFile, path)
+        call = None
+        try:
+            with _translated():
+                call = self.stub.Load(request, **self._call_args(timeout, self.load_timeout))
+                package = await _first_package(call)
+                if progress is not None:
+                    progress(0, package.size)
+                async for chunk in _chunks(call):
+                    # File I/O off the event loop: a 1 MiB write can block on a slow disk.
+                    await asyncio.to_thread(target.write, chunk)
+                    if progress is not None:
+                        progress(target.received, package.size)
+            await asyncio.to_thread(target.commit, package.size, package.webc_sha256)
+        except BaseException:
+            target.discard()
+            if call is not None:
+                call.cancel()
+            raise
+        return Package.from_proto(package)
+
+    async def scan(self, *, batch_size: int = 0, timeout: float | None = None) -> list[CacheEntry]:
+        """Every file of the server's disk cache."""
+        with _translated():
+            call = self.stub.Scan(
+                pb.ScanRequest(batch_size=batch_size), **self._call_args(timeout, self.timeout)
+            )
+            return entries([batch async for batch in call])
+
+    async def retain(
+        self,
+        *,
+        keep: Iterable[str] = (),
+        remove: Iterable[str] = (),
+        unused_for: float | timedelta | None = None,
+        max_total_bytes: int | None = None,
+        dry_run: bool = False,
+        timeout: float | None = None,
+    ) -> RetainResult:
+        """Remove cache files by criteria (see `RetainRequest`); no criteria removes nothing."""
+        request = retain_request(
+            keep=keep,
+            remove=remove,
+            unused_for=unused_for,
+            max_total_bytes=max_total_bytes,
+            dry_run=dry_run,
+        )
+        with _translated():
+            response = await self.stub.Retain(request, **self._call_args(timeout, self.timeout))
+        return RetainResult.from_proto(response)
+
+    async def evict(
+        self,
+        hashes: Iterable[str],
+        *,
+        delete_files: bool = False,
+        timeout: float | None = None,
+    ) -> EvictResult:
+        """Drop packages from the answering replica's memory cache; optionally delete the files."""
+        request = evict_request(hashes, delete_files=delete_files)
+        with _translated():
+            response = await self.stub.Evict(request, **self._call_args(timeout, self.timeout))
+        return EvictResult.from_proto(response)
+
+    async def validate_cache(
+        self, *, prune: bool = False, deep: bool = False, timeout: float | None = None
+    ) -> ValidationReport:
+        """Re-hash every cache file; `prune` deletes the bad ones, `deep` also parses packages."""
+        request = validate_request(prune=prune, deep=deep)
+        with _translated():
+            response = await self.stub.ValidateCache(
+                request, **self._call_args(timeout, self.timeout)
+            )
+        return ValidationReport.from_proto(response)
+
+    async def health(
+        self, service: str = SERVICE_NAME, *, timeout: float | None = None
+    ) -> ServingStatus:
+        """The grpc.health.v1 status of `service` ("" for the server as a whole)."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        try:
+            response = await self._health.Check(request, **self._call_args(timeout, self.timeout))
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return ServingStatus.SERVICE_UNKNOWN
+            raise from_rpc_error(exc) from exc
+        return ServingStatus(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))

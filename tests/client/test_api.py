@@ -1,0 +1,184 @@
+"""The client's public surface: what it exports, its version, its error tables."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+from pathlib import Path
+
+import grpc
+import pkgloader
+import pkgloader_client
+import pytest
+from pkgloader import errors
+from pkgloader_client import _cli, _errors
+
+from tests.conftest import REPO
+
+CLIENT = REPO / "client" / "pkgloader_client"
+
+
+def _sample(cls: type[errors.PkgloaderError]) -> errors.PkgloaderError:
+    if cls is errors.HashMismatch:
+        return cls(expected="a" * 64, actual="b" * 64, source="file:/x")
+    return cls(f"{cls.__name__} happened", url="http://127.0.0.1:1/x", status="418")
+
+
+#: One instance of every error class of the server.
+SERVER_ERRORS = [_sample(cls) for cls in errors.leaves()]
+
+#: What each server reason must become in the client, written out here so that a change to the
+#: client's table has to be made twice, deliberately.
+EXPECTED = {
+    "INTERNAL": pkgloader_client.InternalError,
+    "INVALID_ARGUMENT": pkgloader_client.InvalidArgument,
+    "INVALID_SHA256": pkgloader_client.InvalidArgument,
+    "INVALID_URL": pkgloader_client.InvalidArgument,
+    "ACCESS_DENIED": pkgloader_client.PermissionDenied,
+    "FILE_OUTSIDE_ROOTS": pkgloader_client.PermissionDenied,
+    "NO_DISK_CACHE": pkgloader_client.NoDiskCache,
+    "FETCH_FAILED": pkgloader_client.FetchError,
+    "UPSTREAM_NOT_FOUND": pkgloader_client.PackageNotFound,
+    "UPSTREAM_REJECTED": pkgloader_client.UpstreamRejected,
+    "UPSTREAM_UNAVAILABLE": pkgloader_client.UpstreamUnavailable,
+    "CONTENT_DECODING": pkgloader_client.ContentDecodingError,
+    "HASH_MISMATCH": pkgloader_client.HashMismatch,
+    "INVALID_PACKAGE": pkgloader_client.InvalidPackage,
+    "CANCELLED": pkgloader_client.Cancelled,
+    "RESOURCE_EXHAUSTED": pkgloader_client.ResourceExhausted,
+    "PACKAGE_TOO_LARGE": pkgloader_client.PackageTooLarge,
+    "CACHE_FULL": pkgloader_client.CacheFull,
+}
+
+
+def expected_class(error: errors.PkgloaderError) -> type[pkgloader_client.PkgloaderError]:
+    return EXPECTED[error.reason]
+
+
+def test_all_is_pinned() -> None:
+    """The public names are exactly these; adding or removing one is a deliberate change."""
+    assert pkgloader_client.__all__ == [
+        "DEFAULT_LOAD_TIMEOUT",
+        "DEFAULT_TARGET",
+        "DEFAULT_TIMEOUT",
+        "SERVICE_NAME",
+        "AsyncPackageLoaderClient",
+        "Atom",
+        "Binding",
+        "CacheEntry",
+        "CacheFull",
+        "Cancelled",
+        "Command",
+        "ContentDecodingError",
+        "DeadlineExceeded",
+        "Dependency",
+        "EvictResult",
+        "FetchError",
+        "HashMismatch",
+        "HashValidation",
+        "InternalError",
+        "InvalidArgument",
+        "InvalidFile",
+        "InvalidPackage",
+        "Manifest",
+        "MismatchedFile",
+        "NoDiskCache",
+        "Package",
+        "PackageLoaderClient",
+        "PackageLoaderServiceServicer",
+        "PackageLoaderServiceStub",
+        "PackageNotFound",
+        "PackageTooLarge",
+        "PermissionDenied",
+        "PkgloaderError",
+        "Progress",
+        "ResourceExhausted",
+        "RetainResult",
+        "ServiceUnavailable",
+        "ServingStatus",
+        "Source",
+        "TransferError",
+        "Unauthenticated",
+        "UpstreamRejected",
+        "UpstreamUnavailable",
+        "ValidationReport",
+        "Volume",
+        "__version__",
+        "add_PackageLoaderServiceServicer_to_server",
+        "pb",
+        "pb_grpc",
+    ]
+    assert all(hasattr(pkgloader_client, name) for name in pkgloader_client.__all__)
+
+
+def test_both_distributions_carry_the_version_in_client_version() -> None:
+    """pkgloader and pkgloader-client, as installed, both report the version of client/VERSION."""
+    written = (REPO / "client" / "VERSION").read_text().strip()
+    assert importlib.metadata.version("pkgloader") == written
+    assert importlib.metadata.version("pkgloader-client") == written
+    assert pkgloader.__version__ == pkgloader_client.__version__ == written
+
+
+def test_the_client_never_imports_the_server() -> None:
+    """No module of pkgloader_client imports the server package `pkgloader`."""
+    offenders = []
+    for path in CLIENT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [
+                f"{path.relative_to(CLIENT)}: {n}"
+                for n in names
+                if n == "pkgloader" or n.startswith("pkgloader.")
+            ]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("reason", sorted(e.reason for e in SERVER_ERRORS))
+def test_every_server_reason_has_its_client_class(reason: str) -> None:
+    """The client's reason table covers every reason of the server, as EXPECTED says."""
+    assert _errors.REASONS[reason] is EXPECTED[reason]
+
+
+def test_every_status_code_has_a_client_class() -> None:
+    """Errors without ErrorInfo (proxies, grpc itself) are classed by code; none is missing."""
+    missing = [c for c in grpc.StatusCode if c is not grpc.StatusCode.OK and c not in _errors.CODES]
+    assert missing == []
+
+
+def _client_error_classes() -> list[type[pkgloader_client.PkgloaderError]]:
+    found, pending = [], [pkgloader_client.PkgloaderError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def test_every_client_error_class_is_exported_and_has_an_exit_code() -> None:
+    """Each class of the tree is public and has its own row in the CLI's exit-code table."""
+    classes = _client_error_classes()
+    assert len(classes) == 20
+    assert all(cls.__name__ in pkgloader_client.__all__ for cls in classes)
+    assert set(classes) == set(_cli.EXIT_CODES)
+
+
+def test_exit_codes_are_documented_in_the_readme() -> None:
+    """The README's exit-code table lists every code the CLI can return."""
+    readme = (REPO / "client" / "README.md").read_text()
+    codes = {*_cli.EXIT_CODES.values(), _cli.OK, _cli.USAGE, _cli.NOT_SERVING, _cli.CACHE_DAMAGED}
+    for code in sorted(codes):
+        assert f"\n| {code} |" in readme, f"exit code {code} is not in client/README.md"
+
+
+def test_the_hand_written_modules_are_private() -> None:
+    """Everything but the package itself, __main__ and the generated stubs is a _module."""
+    public = [
+        p.name
+        for p in Path(CLIENT).glob("*.py")
+        if not p.name.startswith("_") and p.name != "__init__.py"
+    ]
+    assert public == []
