@@ -257,7 +257,7 @@ def test_server_killed_while_writing_leaves_no_visible_partial_file(tmp_path: Pa
         call.cancel()
         channel.close()
         assert [p.name for p in cache.iterdir()] == ["__temp__"]
-        assert len(list((cache / "__temp__").iterdir())) == 1
+        assert len(list((cache / "__temp__").glob("*.part"))) == 1
         restarted = _serve(tmp_path, port)
         try:
             _wait_serving(port, restarted)

@@ -79,7 +79,7 @@ def build(settings: Settings) -> App:
     disk = None
     if settings.cache_dir is not None:
         disk = DiskCache(settings.cache_dir, touch_interval=settings.touch_interval)
-        removed = disk.clean_temp()
+        removed = disk.clean_temp(settings.lease_ttl)
         if removed:
             log.info("removed temp files left by a crash", extra={"count": removed})
     scratch = None if disk else tempfile.TemporaryDirectory(prefix="pkgloader-")

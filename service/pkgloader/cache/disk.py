@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pkgloader.cache.lease import Lease, try_acquire
+from pkgloader.cache.lease import Lease, stale_lease, try_acquire
 from pkgloader.cache.spool import Spool
 from pkgloader.errors import CacheFull, UpstreamUnavailable
 from pkgloader.hashes import WebcHash
@@ -174,14 +174,21 @@ class DiskCache:
                 )
             time.sleep(poll)
 
-    def clean_temp(self) -> int:
-        """Remove temp files left by dead writers. Returns how many were removed."""
-        removed = 0
+    def clean_temp(self, lease_ttl: float = 30.0) -> int:
+        """Remove temp files and leases left by dead processes. Returns how many were removed.
+
+        A temp file is dead when its lock can be taken. A lease is dead when it is stale, or
+        when it names this host and a process that is gone (or this very process, which has
+        only just started): a container restarted in place reuses its host name and PID.
+        """
         try:
-            names = [n for n in os.listdir(self.temp) if n.endswith(".part")]
+            names = os.listdir(self.temp)
         except FileNotFoundError:
             return 0
-        for name in names:
+        removed = sum(
+            stale_lease(self.temp / name, lease_ttl) for name in names if name.endswith(".lease")
+        )
+        for name in (n for n in names if n.endswith(".part")):
             path = self.temp / name
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)

@@ -82,6 +82,33 @@ def try_acquire(path: Path, ttl: float) -> Lease | None:
     return None
 
 
+def stale_lease(path: Path, ttl: float) -> bool:
+    """Remove the lease at `path` if its holder is certainly dead; True if removed."""
+    try:
+        st = os.stat(path)
+        holder = json.loads(path.read_bytes() or b"{}")
+    except (OSError, ValueError):
+        return False
+    dead = time.time() - st.st_mtime > ttl
+    if not dead and holder.get("host") == socket.gethostname():
+        pid = holder.get("pid")
+        dead = pid == os.getpid() or (isinstance(pid, int) and not _alive(pid))
+    if dead:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _take_over_if_stale(path: Path, ttl: float) -> bool:
     try:
         st = os.stat(path)
