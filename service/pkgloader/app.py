@@ -4,6 +4,7 @@ server's life: `build`, `create_server`, `serve`. Nothing else constructs the gr
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import tempfile
 import threading
@@ -24,6 +25,7 @@ from pkgloader.cache.memory import MemoryCache
 from pkgloader.fetch import Fetchers, FileFetcher, HttpFetcher
 from pkgloader.loader import PackageLoader, StoredPackage
 from pkgloader.maintenance import CacheMaintenance
+from pkgloader.metrics import Metrics
 from pkgloader.rpc.interceptors import CallInterceptor
 from pkgloader.rpc.servicer import PackageLoaderServicer
 from pkgloader.settings import Settings
@@ -47,12 +49,37 @@ class App:
     loader: PackageLoader
     maintenance: CacheMaintenance
     http: httpx.Client
+    metrics: Metrics
     health: health.HealthServicer = field(
         default_factory=lambda: health.HealthServicer(experimental_non_blocking=True)
     )
     _scratch: tempfile.TemporaryDirectory[str] | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start_background(self) -> None:
+        """Background upkeep: the disk cache size limit, checked every size_check_interval."""
+        settings = self.settings
+        if not settings.max_cache_bytes or self.loader.disk is None:
+            return
+
+        def run() -> None:
+            # Jitter, so replicas started together do not all look at the same moment.
+            every = settings.size_check_interval
+            while not self._stop.wait(every * random.uniform(0.8, 1.2)):  # noqa: S311 - jitter
+                try:
+                    self.maintenance.enforce_size_limit(
+                        settings.max_cache_bytes,
+                        interval=settings.size_check_interval,
+                        lease_ttl=settings.lease_ttl,
+                    )
+                except Exception:
+                    log.exception("cache size limit check failed")
+
+        threading.Thread(target=run, name="size-limit", daemon=True).start()
 
     def close(self) -> None:
+        self._stop.set()
+        self.metrics.close()
         self.loader.close()
         self.http.close()
         if self._scratch is not None:
@@ -95,14 +122,16 @@ def build(settings: Settings) -> App:
         lease_ttl=settings.lease_ttl,
         lease_wait=settings.download_timeout,
     )
-    return App(settings, loader, CacheMaintenance(disk, memory), http, _scratch=scratch)
+    metrics = Metrics(loader, memory, disk)
+    loader.events = metrics
+    return App(settings, loader, CacheMaintenance(disk, memory), http, metrics, _scratch=scratch)
 
 
 def create_server(app: App, address: str | None = None) -> tuple[grpc.Server, int]:
     """A started-ready (not started) server bound to `address`; returns it and its port."""
     server = grpc.server(
         futures.ThreadPoolExecutor(app.settings.workers, thread_name_prefix="rpc"),
-        interceptors=[CallInterceptor()],
+        interceptors=[CallInterceptor(observers=[app.metrics.rpc])],
         options=SERVER_OPTIONS,
         maximum_concurrent_rpcs=app.settings.workers * 16,
     )
@@ -151,6 +180,9 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server.start()
+    if settings.metrics_listen:
+        app.metrics.serve(settings.metrics_listen)
+    app.start_background()
     set_serving(app, True)
     log.info(
         "serving",

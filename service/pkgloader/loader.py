@@ -70,6 +70,16 @@ class StoredPackage:
             yield buffer[start : start + size]
 
 
+class LoaderEvents:
+    """What the loader reports as it works; the default ignores it all."""
+
+    def downloaded(self, size: int, seconds: float, ok: bool) -> None:
+        """A download ended (ok: it produced a package, whatever its hash)."""
+
+    def hash_mismatch(self) -> None:
+        """A caller received (or was refused) content whose hash differed from the expected."""
+
+
 @dataclass(frozen=True)
 class LoadRequest:
     url: str
@@ -127,8 +137,8 @@ class PackageLoader:
         # Without a disk cache, downloads still stream to a file (never whole into memory),
         # an unlinked one in a private folder.
         self._scratch = scratch_dir or Path(tempfile.gettempdir())
-        #: Called with (bytes, seconds, ok) after each download; metrics hook in here.
-        self.on_download: Callable[[int, float, bool], None] | None = None
+        #: Notified of downloads and hash mismatches (metrics hook in here).
+        self.events: LoaderEvents = LoaderEvents()
 
     @property
     def inflight(self) -> int:
@@ -159,6 +169,7 @@ class PackageLoader:
         warnings: list[str] = []
         if download.actual != expected.hex:
             mismatch = HashMismatch(expected=expected.hex, actual=download.actual, source=str(url))
+            self.events.hash_mismatch()
             if policy is HashPolicy.FAIL:
                 raise mismatch
             if policy is HashPolicy.WARN:
@@ -288,8 +299,7 @@ class PackageLoader:
             return _Download(actual, StoredPackage(h, spool.size, mapped, container, None), None)
         finally:
             self._close_spool(spool)
-            if self.on_download is not None:
-                self.on_download(spool.size, time.monotonic() - started, ok)
+            self.events.downloaded(spool.size, time.monotonic() - started, ok)
 
     def _new_spool(self) -> Spool:
         if self.disk is not None:

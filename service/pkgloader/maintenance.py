@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from pkgloader import formats
 from pkgloader.cache.disk import DiskCache, Entry
+from pkgloader.cache.lease import try_acquire
 from pkgloader.cache.memory import MemoryCache
 from pkgloader.errors import NoDiskCache
 from pkgloader.hashes import WebcHash
@@ -161,6 +162,44 @@ class CacheMaintenance:
                         pruned = prune and self._drop(disk, name, expected)
                         report.invalid.append(Broken(name, expected, tuple(problems), pruned))
         return report
+
+    def enforce_size_limit(
+        self, max_bytes: int, *, interval: float, lease_ttl: float
+    ) -> RetainOutcome | None:
+        """Trim the disk cache to 90% of `max_bytes` (LRU) if it is over `max_bytes`.
+
+        Replicas coordinate so that one of them does it per `interval`: the work happens under a
+        lease, and a marker file's mtime records when it was last done; a replica that cannot
+        take the lease, or finds the marker fresh, skips its turn. Returns what was removed, or
+        None when it was not this replica's turn.
+        """
+        disk = self._require_disk("enforce a size limit")
+        lease = try_acquire(disk.temp / "size-limit.lease", lease_ttl)
+        if lease is None:
+            return None
+        with lease:
+            marker = disk.temp / "size-limit.last"
+            try:
+                if time.time() - marker.stat().st_mtime < interval * 0.5:
+                    return None
+            except FileNotFoundError:
+                pass
+            marker.touch()
+            total = sum(entry.size for entry in disk.entries())
+            if total <= max_bytes:
+                return RetainOutcome(kept_bytes=total)
+            # Down to 90%, so the next package does not trigger another pass at once.
+            outcome = self.retain(RetainCriteria(max_total_bytes=max_bytes * 9 // 10))
+            log.info(
+                "cache size limit enforced",
+                extra={
+                    "removed_files": len(outcome.removed),
+                    "removed_bytes": outcome.removed_bytes,
+                    "kept_bytes": outcome.kept_bytes,
+                    "limit": max_bytes,
+                },
+            )
+            return outcome
 
     def _drop(self, disk: DiskCache, name: str, h: str) -> bool:
         self.memory.remove(h)

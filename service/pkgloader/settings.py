@@ -59,6 +59,10 @@ def parse_listen(text: str) -> str:
     return text
 
 
+def _parse_optional_listen(text: str) -> str:
+    return parse_listen(text) if text.strip() else ""
+
+
 def _parse_roots(text: str) -> tuple[Path, ...]:
     roots = []
     for part in filter(None, text.split(":")):
@@ -127,8 +131,18 @@ class Settings:
         "how stale a cache file's last-use stamp may get before a hit renews it",
     )
     lease_ttl: float = _setting(
-        30.0, parse_seconds,
+        30.0,
+        parse_seconds,
         "seconds without a heartbeat after which another replica takes over a download lease",
+    )
+    max_cache_bytes: int = _setting(
+        0, parse_size, "disk cache size limit kept by a background task (LRU); 0: no limit"
+    )
+    size_check_interval: float = _setting(
+        60.0, parse_seconds, "seconds between checks of the disk cache size limit"
+    )
+    metrics_listen: str = _setting(
+        "", _parse_optional_listen, "Prometheus /metrics address, host:port; empty: off"
     )
     grace_period: float = _setting(10.0, parse_seconds, "seconds in-flight calls get on shutdown")
     log_level: str = _setting("INFO", str.upper, "DEBUG, INFO, WARNING or ERROR")

@@ -21,8 +21,8 @@ from pkgloader.rpc.status import code_for, internal_status, to_status
 
 log = logging.getLogger("pkgloader.access")
 
-#: Called once per finished RPC with (method, code name, seconds).
-Observer = Callable[[str, str, float], None]
+#: Called once per finished RPC with (method, code name, seconds, the servicer's log fields).
+Observer = Callable[[str, str, float, dict[str, Any]], None]
 
 
 class CallContext:
@@ -131,4 +131,4 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             },
         )
         for observe in self._observers:
-            observe(method, code, seconds)
+            observe(method, code, seconds, call.fields)

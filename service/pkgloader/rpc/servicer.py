@@ -60,6 +60,7 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
         if request.include_content:
             for chunk in result.package.chunks(CHUNK):
                 yield pb.LoadResponse(chunk=chunk)
+            log["sent_bytes"] = result.package.size
 
     def ValidateCache(
         self, request: pb.ValidateCacheRequest, context: grpc.ServicerContext

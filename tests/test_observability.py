@@ -1,0 +1,140 @@
+"""Metrics over HTTP, the one-line-per-RPC JSON access log, and the background size limit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import grpc
+import httpx
+import pytest
+from pkgloader.logs import JsonFormatter
+from pkgloader_client import pb
+from pytest_httpserver import HTTPServer
+
+from tests.conftest import COWSAY, DASH, HELLO, STATIC, WABT, Running, load_request
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def test_metrics_count_loads_bytes_downloads_and_latency(
+    server: Running, httpserver: HTTPServer
+) -> None:
+    """After a download, a memory hit and a 404, /metrics shows each by source and outcome."""
+    port = server.app.metrics.serve("127.0.0.1:0")
+    httpserver.expect_request("/dash").respond_with_data(DASH.data)
+    httpserver.expect_request("/gone").respond_with_data("", status=404)
+    server.load(httpserver.url_for("/dash"), DASH.sha256, include_content=True)
+    server.load(httpserver.url_for("/dash"), DASH.sha256, include_content=True)
+    with pytest.raises(grpc.RpcError):
+        server.load(httpserver.url_for("/gone"), HELLO.sha256)
+    values = scrape(port)
+    assert values['pkgloader_loads_total{outcome="OK",source="download"}'] == 1
+    assert values['pkgloader_loads_total{outcome="OK",source="memory"}'] == 1
+    assert values['pkgloader_loads_total{outcome="NOT_FOUND",source="none"}'] == 1
+    assert values["pkgloader_served_bytes_total"] == 2 * DASH.size
+    assert values["pkgloader_download_bytes_total"] == DASH.size
+    assert values['pkgloader_downloads_total{outcome="ok"}'] == 1
+    assert values['pkgloader_rpc_duration_seconds_count{code="OK",method="Load"}'] == 2
+    assert values["pkgloader_memory_cache_bytes"] == DASH.size
+    assert values["pkgloader_memory_cache_entries"] == 1
+    assert values["pkgloader_cache_entries"] == 1
+    assert values["pkgloader_cache_bytes"] == DASH.size
+    assert values["pkgloader_inflight_downloads"] == 0
+
+
+def test_metrics_count_hash_mismatches(server: Running) -> None:
+    """A refused mismatch and a warned one both count."""
+    port = server.app.metrics.serve("127.0.0.1:0")
+    with pytest.raises(grpc.RpcError):
+        server.load(HELLO.url, "ab" * 32)
+    server.load(HELLO.url, "cd" * 32, hash_validation=pb.HASH_VALIDATION_WARN)
+    assert scrape(port)["pkgloader_hash_mismatches_total"] == 2
+
+
+def test_access_log_is_one_json_line_per_rpc_with_the_request_id(
+    server: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each RPC logs method, package id, hash, source, bytes, duration, status, request id."""
+    caplog.set_level(logging.INFO, logger="pkgloader.access")
+    responses = server.stub.Load(
+        load_request(COWSAY.url, COWSAY.sha256, package_id="wiqar/cowsay@0.3.0"),
+        metadata=[("x-request-id", "req-42")],
+    )
+    list(responses)
+    [record] = [r for r in caplog.records if r.name == "pkgloader.access"]
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["msg"] == "rpc"
+    assert entry["method"] == "/pkgloader.v1.PackageLoaderService/Load"
+    assert entry["status"] == "OK"
+    assert entry["request_id"] == "req-42"
+    assert entry["package_id"] == "wiqar/cowsay@0.3.0"
+    assert entry["sha256"] == COWSAY.sha256
+    assert entry["source"] == "download"
+    assert entry["bytes"] == COWSAY.size
+    assert entry["duration_ms"] >= 0
+
+
+def test_tokens_never_reach_logs_errors_or_metrics(
+    make_server, httpserver: HTTPServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The upstream token appears in the request header only: not in logs, errors or metrics."""
+    caplog.set_level(logging.DEBUG)
+    token = "upstream-secret-4f1c9d"
+    server = make_server(tokens={f"127.0.0.1:{httpserver.port}": token})
+    port = server.app.metrics.serve("127.0.0.1:0")
+    httpserver.expect_request("/ok").respond_with_data(HELLO.data)
+    httpserver.expect_request("/nope").respond_with_data("", status=403)
+    server.load(httpserver.url_for("/ok"), HELLO.sha256)
+    with pytest.raises(grpc.RpcError) as caught:
+        server.load(httpserver.url_for("/nope"), DASH.sha256)
+    assert httpserver.log[0][0].headers["Authorization"] == f"Bearer {token}"
+    assert token not in caught.value.details()
+    assert token not in str(caught.value.trailing_metadata())
+    assert token not in caplog.text
+    assert token not in "\n".join(JsonFormatter().format(r) for r in caplog.records)
+    assert token not in httpx.get(f"http://127.0.0.1:{port}/metrics").text
+
+
+def _age(server: Running, sha: str, seconds: float) -> None:
+    stamp = time.time() - seconds
+    os.utime(server.app.settings.cache_dir / f"{sha}.bin", (stamp, stamp))
+
+
+def test_size_limit_trims_least_recently_used_files_once_per_interval(server: Running) -> None:
+    """Over the limit, the oldest files go until 90% of it; a second pass in the interval skips."""
+    for i, fixture in enumerate((WABT, DASH, COWSAY, STATIC, HELLO)):  # WABT least recent
+        server.load(fixture.url, fixture.sha256)
+        _age(server, fixture.sha256, 1000 - i)
+    maintenance = server.app.maintenance
+    limit = DASH.size + COWSAY.size + STATIC.size + HELLO.size + 1000
+    outcome = maintenance.enforce_size_limit(limit, interval=60, lease_ttl=30)
+    assert outcome is not None
+    assert {e.hash.hex for e in outcome.removed} == {WABT.sha256, DASH.sha256}
+    assert outcome.kept_bytes <= limit * 9 // 10
+    assert WABT.sha256 not in server.app.loader.memory
+    assert maintenance.enforce_size_limit(1, interval=60, lease_ttl=30) is None  # not our turn
+
+
+def test_size_limit_is_skipped_while_another_replica_holds_its_lease(server: Running) -> None:
+    """Replicas coordinate: the one without the lease does nothing."""
+    from pkgloader.cache.lease import try_acquire
+
+    server.load(WABT.url, WABT.sha256)
+    lease = try_acquire(server.app.settings.cache_dir / "__temp__" / "size-limit.lease", 30)
+    assert lease is not None
+    try:
+        assert server.app.maintenance.enforce_size_limit(1, interval=60, lease_ttl=30) is None
+    finally:
+        lease.release()
+    assert (server.app.settings.cache_dir / f"{WABT.sha256}.bin").exists()
