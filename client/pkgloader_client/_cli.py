@@ -224,7 +224,10 @@ def parser() -> argparse.ArgumentParser:
 class _Output:
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
-        self.console = Console(soft_wrap=True, highlight=False)
+        # Piped output gets a wide console: rich's default of 80 columns would cut the 64-digit
+        # hashes people copy from these tables.
+        width = None if sys.stdout.isatty() else 200
+        self.console = Console(soft_wrap=True, highlight=False, width=width)
 
     def json(self, data: Any) -> None:
         # Plain print: rich would re-wrap and colour the JSON, which then no longer parses.
@@ -334,7 +337,7 @@ def _scan(client: PackageLoaderClient, args: argparse.Namespace, out: _Output) -
         title=f"{len(entries)} cache files, {_human(sum(e.size for e in entries))}",
         title_justify="left",
     )
-    table.add_column("sha256")
+    table.add_column("sha256", no_wrap=True)
     table.add_column("size", justify="right")
     table.add_column("last used (UTC)")
     table.add_column("in memory")
