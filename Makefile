@@ -4,8 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Node tools of the tests (buf, a Node.js gRPC client), installed by `npm ci` from the committed
+# lock file into tests/node/node_modules, never globally.
+NODE_DIR := tests/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+BUF := $(NODE_DIR)/node_modules/.bin/buf
 
-.PHONY: serve test lint typecheck protos check-protos bench clean
+.PHONY: serve test lint typecheck protos check-protos check-buf node bench clean
 
 $(STAMP): pyproject.toml client/pyproject.toml client/VERSION
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -20,13 +25,22 @@ $(STAMP): pyproject.toml client/pyproject.toml client/VERSION
 serve: $(STAMP)
 	$(BIN)/pkgloader serve
 
-## Run every check: stubs current, lint, types, the whole test suite.
-test: $(STAMP) check-protos lint
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing: install Node.js 20 or newer"; exit 1; }
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund
+	@touch $@
+
+## Install the Node tools of the tests (skipped while node_modules matches the lock file).
+node: $(NODE_STAMP)
+
+## Run every check: stubs current, lint, types, proto lint and compatibility, the whole test suite.
+test: $(STAMP) check-protos lint check-buf $(NODE_STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check service client/pkgloader_client tests scripts
 	$(BIN)/mypy service/pkgloader
+	$(BIN)/mypy --strict client/pkgloader_client
 
 ## Regenerate the client stubs from protos/.
 protos: $(STAMP)
@@ -34,6 +48,23 @@ protos: $(STAMP)
 
 check-protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py --check
+
+## buf lint, then buf breaking: protos/ as they are now against the previous commit, so a commit
+## cannot break the wire contract silently. The first commit (or one before protos/ existed) has
+## nothing to compare against; a shallow clone is deepened by one commit to get its parent.
+check-buf: $(NODE_STAMP)
+	$(BUF) lint protos
+	@if [ "$$(git rev-parse --is-shallow-repository)" = true ]; then \
+		git fetch --quiet --deepen=1 2>/dev/null || true; fi; \
+	base=$$(git rev-parse --quiet --verify 'HEAD~1^{commit}') || base=; \
+	if [ -z "$$base" ]; then \
+		echo "buf breaking: HEAD has no parent commit; nothing to compare against"; \
+	elif ! git ls-tree -r --name-only "$$base" -- protos | grep -q '\.proto$$'; then \
+		echo "buf breaking: $$base has no protos; nothing to compare against"; \
+	else \
+		echo "buf breaking: protos/ against $$base"; \
+		$(BUF) breaking protos --against "$$(git rev-parse --git-common-dir)#ref=$$base,subdir=protos"; \
+	fi
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
