@@ -1,0 +1,1 @@
+"""pkgloader's benchmarks, each beside its baselines: `python -m bench` (see `__main__`)."""

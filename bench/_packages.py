@@ -1,0 +1,187 @@
+"""Packages the benchmarks need, built on the fly: valid webc v1 files of any size.
+
+A big package is a webc v1 container (doc §3.1) whose one atom holds the bulk: the loader parses
+every package, and a v1 file parses from its headers alone, whatever its atom sizes. The atom
+bytes are random over a 16-letter alphabet, so zstd shrinks them about 2:1, as it does real wasm.
+Files are written in 1 MiB pieces, never held whole in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cbor2
+import zstandard
+
+from bench._common import WABT, MiB
+
+MAGIC = b"\x00webc001"
+HEAD = MAGIC + b"-" * 16 + bytes(256) + bytes(4) + bytes(1024)
+_ALPHABET = bytes.maketrans(bytes(range(256)), bytes(b"abcdefghijklmnop"[i % 16] for i in range(256)))
+
+
+@dataclass(frozen=True)
+class Built:
+    path: Path
+    sha256: str
+    size: int
+
+
+def uleb128(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def u64(n: int) -> bytes:
+    return n.to_bytes(8, "little")
+
+
+def _flat_blob_header(names_sizes: list[tuple[str, int]]) -> bytes:
+    """A v1 volume header with one level of files, laid out back to back in the data."""
+    entries = bytearray()
+    start = 0
+    for name, size in sorted(names_sizes):
+        raw = name.encode()
+        entries += len(raw).to_bytes(7, "little") + b"\x01" + u64(start) + u64(start + size) + raw
+        start += size
+    return u64(len(entries)) + bytes(entries)
+
+
+def _write_v1(
+    path: Path,
+    manifest: dict[str, object],
+    atoms: list[tuple[str, int, Callable[[], Iterator[bytes]]]],
+    volumes_raw: bytes,
+) -> Built:
+    header = _flat_blob_header([(n, s) for n, s, _ in atoms])
+    blob_len = len(uleb128(len(header))) + len(header) + sum(s for _, s, _ in atoms)
+    manifest_bytes = cbor2.dumps(manifest)
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "wb") as f:
+
+        def put(data: bytes) -> None:
+            nonlocal size
+            f.write(data)
+            digest.update(data)
+            size += len(data)
+
+        put(HEAD)
+        put(uleb128(len(manifest_bytes)) + manifest_bytes)
+        put(uleb128(blob_len) + uleb128(len(header)) + header)
+        for _, _, pieces in sorted(atoms, key=lambda a: a[0]):
+            for piece in pieces():
+                put(piece)
+        put(volumes_raw)
+    return Built(path, digest.hexdigest(), size)
+
+
+def _random_pieces(size: int, seed: int) -> Callable[[], Iterator[bytes]]:
+    def pieces() -> Iterator[bytes]:
+        rng = random.Random(seed)
+        left = size
+        while left:
+            n = min(MiB, left)
+            yield rng.randbytes(n).translate(_ALPHABET)
+            left -= n
+
+    return pieces
+
+
+def _signature(pieces: Callable[[], Iterator[bytes]]) -> str:
+    digest = hashlib.sha256()
+    for piece in pieces():
+        digest.update(piece)
+    return "sha256:" + base64.b64encode(digest.digest()).decode()
+
+
+def big_webc(directory: Path, size: int, *, seed: int = 1) -> Built:
+    """A valid webc v1 package of about `size` bytes: one command, one atom, one small volume."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"big-{size}-{seed}.webc"
+    atom_size = size - 4096
+    pieces = _random_pieces(atom_size, seed)
+    manifest = {
+        "package": {"wapm": {"name": "bench/big", "version": "1.0.0"}},
+        "atoms": {"big": {"kind": "https://webc.org/kind/wasm", "signature": _signature(pieces)}},
+        "commands": {
+            "big": {
+                "runner": "https://webc.org/runner/wasi",
+                "annotations": {"wasi": {"atom": "big"}},
+            }
+        },
+    }
+    readme = b"a synthetic package for pkgloader's benchmarks\n"
+    volume_header = _flat_blob_header([("README", len(readme))])
+    blob = uleb128(len(volume_header)) + volume_header + readme
+    volumes = uleb128(4) + b"atom" + uleb128(len(blob)) + blob
+    return _write_v1(path, manifest, [("big", atom_size, pieces)], volumes)
+
+
+def scaled_wabt(directory: Path, factor: int) -> Built:
+    """wabt-1.0.37 with every atom `factor` times larger (its bytes repeated): the same shape —
+    manifest, atom names, commands, volumes — with only the atom sizes changed."""
+    data = WABT.read_bytes()
+    pos = 1308
+    manifest_len, pos = _read_uleb(data, pos)
+    manifest = cbor2.loads(data[pos : pos + manifest_len])
+    pos += manifest_len
+    blob_len, pos = _read_uleb(data, pos)
+    blob = data[pos : pos + blob_len]
+    volumes_raw = data[pos + blob_len :]
+    header_len, hpos = _read_uleb(blob, 0)
+    header, atom_data = blob[hpos : hpos + header_len], blob[hpos + header_len :]
+    level = int.from_bytes(header[:8], "little")
+    entries, i = [], 8
+    while i < 8 + level:
+        name_len = int.from_bytes(header[i : i + 7], "little")
+        start = int.from_bytes(header[i + 8 : i + 16], "little")
+        end = int.from_bytes(header[i + 16 : i + 24], "little")
+        name = header[i + 24 : i + 24 + name_len].decode()
+        entries.append((name, atom_data[start:end]))
+        i += 24 + name_len
+    atoms = []
+    for name, content in entries:
+        grown = content * factor
+
+        def pieces(grown: bytes = grown) -> Iterator[bytes]:
+            for k in range(0, len(grown), MiB):
+                yield grown[k : k + MiB]
+
+        atoms.append((name, len(grown), pieces))
+        manifest["atoms"][name]["signature"] = _signature(pieces)
+    directory.mkdir(parents=True, exist_ok=True)
+    return _write_v1(directory / f"wabt-x{factor}.webc", manifest, atoms, volumes_raw)
+
+
+def _read_uleb(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def zstd_copy(built: Built) -> Path:
+    """`<file>.zst`, compressed with zstd level 3 on every core (once per file)."""
+    target = built.path.with_name(built.path.name + ".zst")
+    if not target.exists():
+        compressor = zstandard.ZstdCompressor(level=3, threads=-1)
+        with open(built.path, "rb") as src, open(target, "wb") as dst:
+            compressor.copy_stream(src, dst, read_size=4 * MiB, write_size=4 * MiB)
+    return target

@@ -1,0 +1,26 @@
+"""The benchmark harness still runs: a tiny pass of two benchmarks, timing ignored."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+
+def test_bench_quick_pass_writes_results(tmp_path: Path) -> None:
+    """`python -m bench --quick` runs servers, clients and the upstream, and writes every figure
+    with its baseline; no figure's value is checked (benchmarks are not tests)."""
+    out = tmp_path / "RESULTS.md"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--no-buildgrid", "--work", str(tmp_path / "w"),
+         "--out", str(out), "formats_open", "single_flight"],
+        cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    text = out.read_text()
+    assert "| 4 | 100 concurrent Loads, upstream requests |" in text
+    assert "| 8 | Open + list wabt (3.4 MB), mapped file |" in text
+    assert "Did not complete" not in text
+    assert not (tmp_path / "w" / "data").exists(), "generated packages are cleaned up"
