@@ -85,9 +85,15 @@ class DiskCache:
         """Map the file for `h` read-only, or None when it is not cached."""
         path = self.path(h)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            # O_NOFOLLOW: a symlink at an entry name is not an entry (ELOOP); O_NONBLOCK: nor is
+            # a FIFO, and opening one must not hang the call.
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENXIO):
+                return None
+            raise
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
@@ -99,20 +105,24 @@ class DiskCache:
         return mapped, st.st_size
 
     def contains(self, h: WebcHash) -> bool:
-        return self.path(h).is_file()
+        try:
+            return stat.S_ISREG(os.lstat(self.path(h)).st_mode)  # symlinks are not entries
+        except FileNotFoundError:
+            return False
 
     def touch(self, h: WebcHash) -> None:
         """Record a use of `h` (a memory hit), at most once per touch_interval."""
         path = self.path(h)
         with contextlib.suppress(OSError):
-            self._touch(path, path.stat().st_mtime)
+            self._touch(path, path.lstat().st_mtime)
 
     def _touch(self, path: Path, mtime: float) -> None:
         now = time.time()
         if now - mtime > self.touch_interval:
-            # A read-only volume, or deleted meanwhile: last use is advisory.
+            # A read-only volume, or deleted meanwhile: last use is advisory. Never through a
+            # symlink planted at the name: that would stamp a file outside the cache.
             with contextlib.suppress(OSError):
-                os.utime(path, (now, now))
+                os.utime(path, (now, now), follow_symlinks=False)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -131,11 +141,16 @@ class DiskCache:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return Spool(fd, path, max_bytes)
 
-    def publish(self, spool: Spool, h: WebcHash) -> str:
-        """Move a finished, verified spool to its final name. Returns the name."""
+    def publish(self, spool: Spool, h: WebcHash) -> str | None:
+        """Move a finished, verified spool to its final name. Returns the name, or None when
+        a folder someone made at that name blocks it (the package is then served, not kept)."""
         assert spool.path is not None
         final = self.path(h)
-        os.replace(spool.path, final)
+        try:
+            os.replace(spool.path, final)
+        except IsADirectoryError:
+            log.warning("a folder blocks a cache entry name", extra={"file": final.name})
+            return None
         spool.path = None
         _fsync_dir(self.root)
         return final.name
@@ -227,7 +242,7 @@ class DiskCache:
         """Delete the file for `h`. True if this call deleted it."""
         try:
             os.unlink(self.path(h))
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):  # a folder at the name is not an entry
             return False
         return True
 
