@@ -17,7 +17,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from pkgloader_client import SERVICE_NAME, add_PackageLoaderServiceServicer_to_server
+from pkgloader_client import SERVICE_NAME
 
 from pkgloader import __version__
 from pkgloader.cache.disk import DiskCache
@@ -27,7 +27,7 @@ from pkgloader.loader import PackageLoader, StoredPackage
 from pkgloader.maintenance import CacheMaintenance
 from pkgloader.metrics import Metrics
 from pkgloader.rpc.interceptors import CallInterceptor
-from pkgloader.rpc.servicer import PackageLoaderServicer
+from pkgloader.rpc.servicer import PackageLoaderServicer, add_to_server
 from pkgloader.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def create_server(app: App, address: str | None = None) -> tuple[grpc.Server, in
         options=SERVER_OPTIONS,
         maximum_concurrent_rpcs=app.settings.workers * 16,
     )
-    add_PackageLoaderServiceServicer_to_server(
+    add_to_server(
         PackageLoaderServicer(app.loader, app.maintenance), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
