@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
-from pkgloader_client import PackageLoaderServiceServicer, pb
+from pkgloader_client import (
+    SERVICE_NAME,
+    PackageLoaderServiceServicer,
+    add_PackageLoaderServiceServicer_to_server,
+    pb,
+)
 
 from pkgloader import formats
 from pkgloader.cache.disk import Entry
@@ -35,13 +40,15 @@ _SOURCES = {
 
 
 class PackageLoaderServicer(PackageLoaderServiceServicer):
+    #: Load yields serialized `LoadResponse` bytes instead of messages. Only `add_to_server` sets
+    #: it, as it registers the serializer that passes such bytes through.
+    preserialized = False
+
     def __init__(self, loader: PackageLoader, maintenance: CacheMaintenance) -> None:
         self._loader = loader
         self._maintenance = maintenance
 
-    def Load(
-        self, request: pb.LoadRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.LoadResponse]:
+    def Load(self, request: pb.LoadRequest, context: grpc.ServicerContext) -> Iterator[Any]:
         dist = request.summary.dist
         log = _log_fields(context)
         log.update(package_id=request.summary.package_id[:200], sha256=dist.webc_sha256[:64])
@@ -56,10 +63,14 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
             alive=context.is_active,
         )
         log.update(source=result.source.value, bytes=result.package.size)
-        yield pb.LoadResponse(package=_package(result, request.summary.package_id))
+        # Ready-made LoadResponse bytes: registered through `add_to_server`, they go out as they
+        # are; registered through the generated function, they are parsed back into messages.
+        ready = self.preserialized
+        first = _package_message(result, request.summary.package_id)
+        yield first if ready else pb.LoadResponse.FromString(first)
         if request.include_content:
-            for chunk in result.package.chunks(CHUNK):
-                yield pb.LoadResponse(chunk=chunk)
+            for message in _chunk_messages(result.package):
+                yield message if ready else pb.LoadResponse.FromString(message)
             log["sent_bytes"] = result.package.size
 
     def ValidateCache(
@@ -188,23 +199,84 @@ def _hashes(values: Any, name: str) -> frozenset[str]:
     return frozenset(WebcHash.parse(v).hex for v in values)
 
 
-def _package(result: LoadResult, package_id: str) -> pb.Package:
-    meta = _metadata(result.package)
-    package = pb.Package(
+def add_to_server(servicer: PackageLoaderServicer, server: grpc.Server) -> None:
+    """Register `servicer` as the generated function does, except that Load's serializer passes
+    ready-made bytes through (and `servicer` is told to make them)."""
+    recorder = _Recorder()
+    add_PackageLoaderServiceServicer_to_server(servicer, cast(grpc.Server, recorder))
+    handlers = dict(recorder.handlers)
+    handlers["Load"] = handlers["Load"]._replace(response_serializer=_serialize_load)
+    servicer.preserialized = True
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
+    )
+    # Registered methods skip grpcio's generic lookup per call; grpc-stubs does not know it yet.
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
+
+
+class _Recorder:
+    """Stands in for a server to catch the handlers the generated function registers."""
+
+    handlers: dict[str, Any]
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, name: str, handlers: dict[str, Any]) -> None:
+        self.handlers = handlers
+
+
+def _serialize_load(item: pb.LoadResponse | bytes) -> bytes:
+    return item if isinstance(item, bytes) else item.SerializeToString()
+
+
+# A LoadResponse is a oneof of `package` (field 1) and `chunk` (field 2), both length-delimited
+# (wire type 2): tag byte, varint length, payload. Building the bytes here costs one copy of
+# each chunk (from the package buffer, bytes or a mapped file) and no protobuf work at all.
+_PACKAGE_TAG = b"\x0a"
+_CHUNK_TAG = b"\x12"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_FULL_CHUNK_HEADER = _CHUNK_TAG + _varint(CHUNK)
+
+
+def _chunk_messages(stored: StoredPackage) -> Iterator[bytes]:
+    """`LoadResponse{chunk}` bytes for each 1 MiB slice of the package, in order."""
+    with memoryview(stored.buffer) as view:
+        for start in range(0, stored.size, CHUNK):
+            piece = view[start : start + CHUNK]
+            header = _FULL_CHUNK_HEADER if len(piece) == CHUNK else _CHUNK_TAG + _varint(len(piece))
+            yield b"".join((header, piece))
+
+
+def _package_message(result: LoadResult, package_id: str) -> bytes:
+    """`LoadResponse{package}` bytes: this call's fields, then the package's serialized metadata.
+    Two serialized messages of one type, concatenated, parse as the two merged."""
+    head = pb.Package(
         webc_sha256=result.package.hash.hex,
         size=result.package.size,
         source=_SOURCES[result.source],
         cache_path=result.package.cache_name or "",
         warnings=result.warnings,
         package_id=package_id,
-    )
-    package.MergeFrom(meta)
-    return package
+    ).SerializeToString()
+    body = head + _metadata(result.package)
+    return _PACKAGE_TAG + _varint(len(body)) + body
 
 
-def _metadata(stored: StoredPackage) -> pb.Package:
-    """format, manifest and volumes: immutable per package, so built once and kept with it."""
-    cached = stored.memo.get("pb_metadata")
+def _metadata(stored: StoredPackage) -> bytes:
+    """format, manifest and volumes, serialized: immutable per package, so built once and kept
+    with it (a warm Load then costs no manifest conversion and no large serialization)."""
+    cached: bytes | None = stored.memo.get("pb_metadata")
     if cached is None:
         container = stored.container
         cached = pb.Package(
@@ -214,7 +286,7 @@ def _metadata(stored: StoredPackage) -> pb.Package:
                 pb.Volume(name=name, files=volume.file_count, bytes=volume.total_bytes)
                 for name, volume in container.volumes().items()
             ],
-        )
+        ).SerializeToString()
         stored.memo["pb_metadata"] = cached
     return cached
 
