@@ -14,6 +14,7 @@ bytes. The lease only makes that the exception instead of the rule.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -21,6 +22,8 @@ import threading
 import time
 import uuid
 from pathlib import Path
+
+from pkgloader.errors import CacheFull
 
 
 class Lease:
@@ -75,6 +78,10 @@ def try_acquire(path: Path, ttl: float) -> Lease | None:
             if not _take_over_if_stale(path, ttl):
                 return None
             continue
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # no inode left for the lease file
+                raise CacheFull("no space left on the cache volume") from None
+            raise
         holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
         with contextlib.suppress(OSError):
             os.write(fd, json.dumps(holder).encode())
