@@ -72,7 +72,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def assert_cache_sound(root: Path, *, temp_empty: bool = True) -> list[str]:
+def assert_cache_sound(
+    root: Path, *, temp_empty: bool = True, leases_too: bool = False
+) -> list[str]:
     """Every name in the cache folder is `<sha256 of its bytes>.bin`; `__temp__` is empty.
 
     Returns the entry names. Extra names a test planted on purpose must be removed first.
@@ -84,8 +86,9 @@ def assert_cache_sound(root: Path, *, temp_empty: bool = True) -> list[str]:
             assert path.is_dir()
             assert not path.is_symlink()
             if temp_empty:
-                # Lease files (cross-replica download locks) hold no package bytes.
-                left = [n for n in os.listdir(path) if not n.endswith(".lease")]
+                # Lease files (cross-replica download locks) hold no package bytes; a live
+                # process may hold one, a dead one's must be gone after start-up (leases_too).
+                left = [n for n in os.listdir(path) if leases_too or not n.endswith(".lease")]
                 assert left == [], f"temp files survive: {left}"
             continue
         assert ENTRY.match(item), f"not an entry name in the cache: {item!r}"
@@ -366,6 +369,8 @@ def serve(tmp: Path, log_name: str = "serve.log", **settings: object) -> Served:
             "PKGLOADER_READ_TIMEOUT": "5",
             "PKGLOADER_DOWNLOAD_TIMEOUT": "30",
             "PKGLOADER_GRACE_PERIOD": "1",
+            # Loopback upstreams are refused unless allowed (SSRF guard); tests use 127.0.0.1.
+            "PKGLOADER_UPSTREAM_ALLOW": "127.0.0.1",
         }
     )
     env.update({f"PKGLOADER_{k.upper()}": str(v) for k, v in settings.items()})
