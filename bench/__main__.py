@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -28,6 +29,10 @@ BENCHMARKS = [
     "first_byte",
     "formats_open",
 ]
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     modules = {name: importlib.import_module(f"bench.{name}") for name in BENCHMARKS}
     titles = {name: modules[name].TITLE for name in BENCHMARKS}
     failed = False
+    # A SIGTERM unwinds like Ctrl-C, so every server and client this run started is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         for name in names:
             print(f"== {name}: {titles[name]}", flush=True)

@@ -29,6 +29,7 @@ class Figure:
     target: str = ""
     met: bool | None = None
     note: str = ""
+    why: str = ""  # shown when the target is missed: the measured reason, and what would fix it
 
     @property
     def ratio(self) -> float | None:
@@ -113,6 +114,10 @@ class Report:
             for f in figures:
                 if f.note:
                     lines.append(f"- *{f.name}*: {f.note}")
+            for f in figures:
+                if f.met is False and f.why:
+                    lines.append(f"- **Missed — {f.name}** (×{f.ratio:.2f} of its baseline): {f.why}"
+                                 if f.ratio is not None else f"- **Missed — {f.name}**: {f.why}")
             for text in self.notes.get(bench, []):
                 lines.append(f"- {text}")
         lines.append("")
