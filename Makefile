@@ -10,7 +10,7 @@ NODE_DIR := tests/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 BUF := $(NODE_DIR)/node_modules/.bin/buf
 
-.PHONY: serve test lint typecheck protos check-protos check-buf node bench clean
+.PHONY: serve test lint typecheck protos check-protos check-buf node bench clean image-test
 
 $(STAMP): pyproject.toml client/pyproject.toml client/VERSION
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -65,6 +65,10 @@ check-buf: $(NODE_STAMP)
 		echo "buf breaking: protos/ against $$base"; \
 		$(BUF) breaking protos --against "$$(git rev-parse --git-common-dir)#ref=$$base,subdir=protos"; \
 	fi
+
+## Build the container image with podman (as root) and run it, alone and as the k8s/ manifests.
+image-test: $(STAMP)
+	bash scripts/image-test
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
