@@ -95,6 +95,7 @@ def test_settings(tmp_path: Path, **overrides: Any) -> Settings:
         listen="127.0.0.1:0",
         cache_dir=tmp_path / "cache",
         file_roots=(FIXTURES, tmp_path / "files"),
+        upstream_allow=("127.0.0.1",),
         memory_cache_bytes=64 * 1024 * 1024,
         workers=16,
         connect_timeout=5.0,

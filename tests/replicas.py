@@ -66,7 +66,9 @@ def replicas(cache: Path, count: int, **env: str) -> Iterator[list[Replica]]:
                 PKGLOADER_LISTEN=f"127.0.0.1:{port}",
                 PKGLOADER_CACHE_DIR=str(cache),
                 PKGLOADER_LOG_LEVEL="WARNING",
-                **env,
+                # The upstreams of these tests live on loopback, which the SSRF guard refuses
+                # unless allowed.
+                **{"PKGLOADER_UPSTREAM_ALLOW": "127.0.0.1", **env},
             )
             proc = subprocess.Popen(
                 [sys.executable, "-m", "pkgloader", "serve"],

@@ -154,6 +154,7 @@ def _serve(tmp_path: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
         os.environ,
         PKGLOADER_LISTEN=f"127.0.0.1:{port}",
         PKGLOADER_CACHE_DIR=str(tmp_path / "cache"),
+        PKGLOADER_UPSTREAM_ALLOW="127.0.0.1",
         **env,
     )
     return subprocess.Popen(

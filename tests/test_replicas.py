@@ -25,14 +25,13 @@ def test_concurrent_loads_on_three_replicas_make_one_upstream_request(tmp_path: 
     """The same uncached package asked of 3 replicas at once is downloaded exactly once."""
     with upstream({"wabt": WABT.data}) as up:
         up.before_body = lambda n: time.sleep(1.0)  # the others arrive during the download
-        with replicas(tmp_path / "cache", 3, PKGLOADER_UPSTREAM_ALLOW="127.0.0.1") as nodes:
-            with ThreadPoolExecutor(9) as pool:
-                calls = [
-                    pool.submit(load, node, up.url("wabt"), WABT.sha256)
-                    for node in nodes
-                    for _ in range(3)
-                ]
-                results = [c.result(timeout=60) for c in calls]
+        with replicas(tmp_path / "cache", 3) as nodes, ThreadPoolExecutor(9) as pool:
+            calls = [
+                pool.submit(load, node, up.url("wabt"), WABT.sha256)
+                for node in nodes
+                for _ in range(3)
+            ]
+            results = [c.result(timeout=60) for c in calls]
         assert up.requests == ["wabt"]
     assert all(content == WABT.data for _, content in results)
     sources = {p.source for p, _ in results}
@@ -53,7 +52,7 @@ def test_a_killed_lease_holder_is_taken_over_after_the_lease_expires(tmp_path: P
     cache = tmp_path / "cache"
     with upstream({"dash": DASH.data}) as up:
         up.before_body = stall_first
-        env = {"PKGLOADER_LEASE_TTL": "1.5", "PKGLOADER_UPSTREAM_ALLOW": "127.0.0.1"}
+        env = {"PKGLOADER_LEASE_TTL": "1.5"}
         with replicas(cache, 2, **env) as (holder, other):
             stuck = holder.stub.Load(load_request(up.url("dash"), DASH.sha256))
             assert first_request.wait(20)

@@ -80,7 +80,7 @@ class PermissionDenied(PkgloaderError):
 class Unauthenticated(PkgloaderError):
     """The call carried no valid credentials."""
 
-    default_reason = ""
+    default_reason = "UNAUTHENTICATED"
 
 
 class NoDiskCache(PkgloaderError):
@@ -170,7 +170,7 @@ class Cancelled(PkgloaderError):
 class DeadlineExceeded(PkgloaderError):
     """The call did not finish before its deadline."""
 
-    default_reason = ""
+    default_reason = "DEADLINE_EXCEEDED"
 
 
 class ServiceUnavailable(PkgloaderError):
@@ -198,6 +198,10 @@ REASONS: dict[str, type[PkgloaderError]] = {
     "INVALID_URL": InvalidArgument,
     "ACCESS_DENIED": PermissionDenied,
     "FILE_OUTSIDE_ROOTS": PermissionDenied,
+    "UPSTREAM_BLOCKED": PermissionDenied,
+    "ADMIN_REQUIRED": PermissionDenied,
+    "UNAUTHENTICATED": Unauthenticated,
+    "DEADLINE_EXCEEDED": DeadlineExceeded,
     "NO_DISK_CACHE": NoDiskCache,
     "FETCH_FAILED": FetchError,
     "UPSTREAM_NOT_FOUND": PackageNotFound,

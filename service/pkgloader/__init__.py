@@ -1,5 +1,4 @@
-"""pkgloader: a gRPC service that loads Wasmer packages through a shared, content-addressed cache.
-"""
+"""pkgloader: a gRPC service loading Wasmer packages through a shared, content-addressed cache."""
 
 from importlib.metadata import PackageNotFoundError, version
 

@@ -23,9 +23,11 @@ from pkgloader import __version__
 from pkgloader.cache.disk import DiskCache
 from pkgloader.cache.memory import MemoryCache
 from pkgloader.fetch import Fetchers, FileFetcher, HttpFetcher
+from pkgloader.fetch.guard import UpstreamPolicy, guarded_transport
 from pkgloader.loader import PackageLoader, StoredPackage
 from pkgloader.maintenance import CacheMaintenance
 from pkgloader.metrics import Metrics
+from pkgloader.rpc.auth import TokenAuth
 from pkgloader.rpc.interceptors import CallInterceptor
 from pkgloader.rpc.servicer import PackageLoaderServicer, add_to_server
 from pkgloader.settings import Settings
@@ -38,7 +40,6 @@ USER_AGENT = f"pkgloader/{__version__}"
 # (the largest is a Retain with many hashes), responses carry chunks of up to 1 MiB.
 SERVER_OPTIONS = [
     ("grpc.so_reuseport", 0),
-    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
     ("grpc.max_send_message_length", 8 * 1024 * 1024),
 ]
 
@@ -88,18 +89,24 @@ class App:
 
 def build(settings: Settings) -> App:
     """Construct the object graph from validated settings."""
+    policy = UpstreamPolicy(settings.upstream_allow)
+    limits = httpx.Limits(
+        max_connections=settings.max_downloads * 2,
+        max_keepalive_connections=settings.max_downloads,
+    )
     http = httpx.Client(
         timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
-        limits=httpx.Limits(
-            max_connections=settings.max_downloads * 2,
-            max_keepalive_connections=settings.max_downloads,
-        ),
+        transport=guarded_transport(policy, limits),
         follow_redirects=False,  # HttpFetcher follows them itself, checking every hop
         trust_env=False,  # no proxy or netrc from the environment: tokens come from one file
     )
     fetchers = Fetchers(
         HttpFetcher(
-            http, user_agent=USER_AGENT, tokens=settings.tokens, deadline=settings.download_timeout
+            http,
+            user_agent=USER_AGENT,
+            tokens=settings.tokens,
+            deadline=settings.download_timeout,
+            guard=policy.check_url,
         ),
         FileFetcher(settings.file_roots),
     )
@@ -118,6 +125,7 @@ def build(settings: Settings) -> App:
         default_policy=settings.hash_validation,
         max_package_bytes=settings.max_package_bytes,
         max_downloads=settings.max_downloads,
+        max_queued_downloads=settings.max_queued_downloads,
         scratch_dir=Path(scratch.name) if scratch else None,
         lease_ttl=settings.lease_ttl,
         lease_wait=settings.download_timeout,
@@ -129,15 +137,20 @@ def build(settings: Settings) -> App:
 
 def create_server(app: App, address: str | None = None) -> tuple[grpc.Server, int]:
     """A started-ready (not started) server bound to `address`; returns it and its port."""
+    settings = app.settings
+    auth = TokenAuth(settings.auth_tokens, settings.auth_exempt) if settings.auth_tokens else None
     server = grpc.server(
-        futures.ThreadPoolExecutor(app.settings.workers, thread_name_prefix="rpc"),
-        interceptors=[CallInterceptor(observers=[app.metrics.rpc])],
-        options=SERVER_OPTIONS,
-        maximum_concurrent_rpcs=app.settings.workers * 16,
+        futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="rpc"),
+        interceptors=[CallInterceptor(observers=[app.metrics.rpc], auth=auth)],
+        options=[
+            *SERVER_OPTIONS,
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
+            ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+        ],
+        # Calls beyond this wait in no queue: they get RESOURCE_EXHAUSTED at once.
+        maximum_concurrent_rpcs=settings.workers * 16,
     )
-    add_to_server(
-        PackageLoaderServicer(app.loader, app.maintenance), server
-    )
+    add_to_server(PackageLoaderServicer(app.loader, app.maintenance, settings.call_timeout), server)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     reflection.enable_server_reflection(
         [
@@ -147,14 +160,29 @@ def create_server(app: App, address: str | None = None) -> tuple[grpc.Server, in
         ],
         server,
     )
-    address = address or app.settings.listen
+    address = address or settings.listen
     try:
-        port = server.add_insecure_port(address)
+        credentials = _tls_credentials(settings)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         raise OSError(f"cannot listen on {address}: {exc}") from None
     if port == 0:
         raise OSError(f"cannot listen on {address}: the address is in use or not available")
     return server, port
+
+
+def _tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 def set_serving(app: App, serving: bool) -> None:

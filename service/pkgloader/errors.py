@@ -4,8 +4,11 @@
     ├── InvalidRequest               bad input from the caller
     │   ├── InvalidHash              not 64 hex digits
     │   └── InvalidUrl               missing, malformed, or a scheme we do not fetch
+    ├── Unauthenticated              no valid client token (when auth is on)
     ├── AccessDenied                 the request names something it may not reach
-    │   └── FileOutsideRoots         file:// outside the configured roots
+    │   ├── FileOutsideRoots         file:// outside the configured roots
+    │   ├── UpstreamBlocked          an upstream address outside PKGLOADER_UPSTREAM_ALLOW
+    │   └── AdminRequired            a cache-changing call with a reader token
     ├── NoDiskCache                  a cache operation with no disk cache configured
     ├── FetchError                   getting the bytes failed
     │   ├── UpstreamNotFound         404 / 410, or a missing file:// file
@@ -15,6 +18,7 @@
     ├── HashMismatch                 the bytes do not hash to the expected sha256
     ├── InvalidPackage               the bytes are not a package that parses
     ├── Cancelled                    the caller went away (nobody reads it; logged only)
+    ├── DeadlineExceeded             the call's deadline (the client's or the server's) passed
     └── ResourceExhausted            a limit was reached
         ├── PackageTooLarge          over PKGLOADER_MAX_PACKAGE_BYTES (decoded bytes)
         └── CacheFull                no space left on the cache volume
@@ -58,6 +62,18 @@ class AccessDenied(PkgloaderError):
 
 class FileOutsideRoots(AccessDenied):
     reason = "FILE_OUTSIDE_ROOTS"
+
+
+class UpstreamBlocked(AccessDenied):
+    reason = "UPSTREAM_BLOCKED"
+
+
+class AdminRequired(AccessDenied):
+    reason = "ADMIN_REQUIRED"
+
+
+class Unauthenticated(PkgloaderError):
+    reason = "UNAUTHENTICATED"
 
 
 class NoDiskCache(PkgloaderError):
@@ -107,6 +123,10 @@ class InvalidPackage(PkgloaderError):
 
 class Cancelled(PkgloaderError):
     reason = "CANCELLED"
+
+
+class DeadlineExceeded(PkgloaderError):
+    reason = "DEADLINE_EXCEEDED"
 
 
 class ResourceExhausted(PkgloaderError):

@@ -37,6 +37,7 @@ from pkgloader.cache.memory import MemoryCache
 from pkgloader.cache.spool import Spool
 from pkgloader.errors import (
     Cancelled,
+    DeadlineExceeded,
     HashMismatch,
     InvalidPackage,
     PackageTooLarge,
@@ -116,7 +117,7 @@ class PackageLoader:
         default_policy: HashPolicy = HashPolicy.FAIL,
         max_package_bytes: int = 4 << 30,
         max_downloads: int = 16,
-        max_queued_downloads: int | None = None,
+        max_queued_downloads: int = 128,
         scratch_dir: Path | None = None,
         lease_ttl: float = 30.0,
         lease_wait: float = 900.0,
@@ -131,7 +132,7 @@ class PackageLoader:
         self.lease_ttl = lease_ttl
         self.lease_wait = lease_wait
         self._pool = concurrent.futures.ThreadPoolExecutor(max_downloads, "download")
-        self._max_flights = max_queued_downloads or max_downloads * 8
+        self._max_flights = max_queued_downloads
         self._flights: dict[tuple[str, str], concurrent.futures.Future[_Download]] = {}
         self._lock = threading.Lock()
         # Without a disk cache, downloads still stream to a file (never whole into memory),
@@ -146,7 +147,13 @@ class PackageLoader:
 
     # -- Load ---------------------------------------------------------------------------------
 
-    def load(self, request: LoadRequest, *, alive: Callable[[], bool] | None = None) -> LoadResult:
+    def load(
+        self,
+        request: LoadRequest,
+        *,
+        alive: Callable[[], bool] | None = None,
+        timeout: float | None = None,
+    ) -> LoadResult:
         """Return the package `request` names; raise a `PkgloaderError` otherwise."""
         expected = WebcHash.parse(request.sha256)
         url = parse_url(request.url)
@@ -165,7 +172,7 @@ class PackageLoader:
         if from_disk is not None:
             return LoadResult(from_disk, Source.DISK)
 
-        download = self._await(self._flight(expected, str(url)), alive)
+        download = self._await(self._flight(expected, str(url)), alive, timeout)
         warnings: list[str] = []
         if download.actual != expected.hex:
             mismatch = HashMismatch(expected=expected.hex, actual=download.actual, source=str(url))
@@ -259,14 +266,23 @@ class PackageLoader:
 
     @staticmethod
     def _await(
-        future: concurrent.futures.Future[_Download], alive: Callable[[], bool] | None
+        future: concurrent.futures.Future[_Download],
+        alive: Callable[[], bool] | None,
+        timeout: float | None,
     ) -> _Download:
+        """Wait for a shared download; give up (it goes on) when the caller leaves or times out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
-                return future.result(timeout=0.25 if alive else None)
+                return future.result(timeout=0.25)
             except concurrent.futures.TimeoutError:
                 if alive is not None and not alive():
                     raise Cancelled("the caller went away") from None
+                if deadline is not None and time.monotonic() > deadline:
+                    raise DeadlineExceeded(
+                        f"the download did not finish within the call's {timeout:.1f}s deadline; "
+                        "it continues, and a later Load will find it"
+                    ) from None
 
     # -- downloading --------------------------------------------------------------------------
 

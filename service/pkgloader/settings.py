@@ -63,6 +63,16 @@ def _parse_optional_listen(text: str) -> str:
     return parse_listen(text) if text.strip() else ""
 
 
+def _parse_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _parse_allow(text: str) -> tuple[str, ...]:
+    from pkgloader.fetch.guard import UpstreamPolicy
+
+    return UpstreamPolicy.parse(text).entries
+
+
 def _parse_roots(text: str) -> tuple[Path, ...]:
     roots = []
     for part in filter(None, text.split(":")):
@@ -144,9 +154,45 @@ class Settings:
     metrics_listen: str = _setting(
         "", _parse_optional_listen, "Prometheus /metrics address, host:port; empty: off"
     )
+    upstream_allow: tuple[str, ...] = _setting(
+        (),
+        _parse_allow,
+        "comma-separated upstream hosts, CIDR ranges or URL prefixes allowed (plus, when empty, "
+        "any public address); non-public addresses need an entry",
+    )
+    auth_tokens_file: Path | None = _setting(
+        None, _parse_optional_path, "JSON object mapping client token -> role (reader or admin)"
+    )
+    auth_exempt: tuple[str, ...] = _setting(
+        (
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "grpc.reflection.v1.ServerReflection",
+        ),
+        _parse_list,
+        "comma-separated gRPC services reachable without a token",
+    )
+    tls_cert: Path | None = _setting(None, _parse_optional_path, "server certificate (PEM)")
+    tls_key: Path | None = _setting(None, _parse_optional_path, "server private key (PEM)")
+    tls_client_ca: Path | None = _setting(
+        None, _parse_optional_path, "CA (PEM) whose client certificates are required (mTLS)"
+    )
+    max_request_bytes: int = _setting(4 * MiB, parse_size, "largest request message accepted")
+    max_streams_per_connection: int = _setting(
+        100, _parse_positive_int, "concurrent calls one client connection may have open"
+    )
+    max_queued_downloads: int = _setting(
+        128,
+        _parse_positive_int,
+        "downloads waiting or running per process before new ones get RESOURCE_EXHAUSTED",
+    )
+    call_timeout: float = _setting(
+        900.0, parse_seconds, "server-side deadline for a call whose client sets none, seconds"
+    )
     grace_period: float = _setting(10.0, parse_seconds, "seconds in-flight calls get on shutdown")
     log_level: str = _setting("INFO", str.upper, "DEBUG, INFO, WARNING or ERROR")
     tokens: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    auth_tokens: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def env_name(cls, name: str) -> str:
@@ -184,21 +230,46 @@ class Settings:
         settings = cls(**values)
         if settings.tokens_file is not None:
             object.__setattr__(settings, "tokens", _read_tokens(settings.tokens_file))
+        if settings.auth_tokens_file is not None:
+            object.__setattr__(
+                settings, "auth_tokens", _read_auth_tokens(settings.auth_tokens_file)
+            )
+        if (settings.tls_cert is None) != (settings.tls_key is None):
+            raise SettingsError("PKGLOADER_TLS_CERT and PKGLOADER_TLS_KEY must be set together")
+        if settings.tls_client_ca is not None and settings.tls_cert is None:
+            raise SettingsError("PKGLOADER_TLS_CLIENT_CA needs PKGLOADER_TLS_CERT and _KEY")
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            path = getattr(settings, name)
+            if path is not None and not path.is_file():
+                raise SettingsError(f"{cls.env_name(name)}: no such file {path}")
         return settings
 
 
+def _read_auth_tokens(path: Path) -> dict[str, str]:
+    tokens = _read_json_strings(path, "PKGLOADER_AUTH_TOKENS_FILE", "token -> role")
+    for role in tokens.values():
+        if role not in ("reader", "admin"):
+            raise SettingsError(
+                f"PKGLOADER_AUTH_TOKENS_FILE: roles must be reader or admin, got {role!r}"
+            )
+    return tokens
+
+
 def _read_tokens(path: Path) -> dict[str, str]:
+    tokens = _read_json_strings(path, "PKGLOADER_TOKENS_FILE", "authority -> token")
+    return {k.lower(): v for k, v in tokens.items()}
+
+
+def _read_json_strings(path: Path, name: str, shape: str) -> dict[str, str]:
     # Never echo the file's content in an error: it holds secrets.
     try:
         data = json.loads(path.read_text())
     except OSError as exc:
-        raise SettingsError(f"PKGLOADER_TOKENS_FILE: cannot read {path}: {exc.strerror}") from None
+        raise SettingsError(f"{name}: cannot read {path}: {exc.strerror}") from None
     except ValueError:
-        raise SettingsError(f"PKGLOADER_TOKENS_FILE: {path} is not valid JSON") from None
+        raise SettingsError(f"{name}: {path} is not valid JSON") from None
     if not isinstance(data, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and k and v for k, v in data.items()
     ):
-        raise SettingsError(
-            f"PKGLOADER_TOKENS_FILE: {path} must hold a JSON object of authority -> token strings"
-        )
-    return {k.lower(): v for k, v in data.items()}
+        raise SettingsError(f"{name}: {path} must hold a JSON object of {shape} strings")
+    return dict(data)

@@ -373,7 +373,13 @@ def serve(tmp: Path, log_name: str = "serve.log", **settings: object) -> Served:
             "PKGLOADER_UPSTREAM_ALLOW": "127.0.0.1",
         }
     )
+    if str(settings.get("log_level", "INFO")).upper() not in ("INFO", "DEBUG"):
+        # The "serving" line that names the port is INFO: pick a free port beforehand.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            settings.setdefault("listen", f"127.0.0.1:{probe.getsockname()[1]}")
     env.update({f"PKGLOADER_{k.upper()}": str(v) for k, v in settings.items()})
+    fixed = int(env["PKGLOADER_LISTEN"].rsplit(":", 1)[1])
     log = tmp / log_name
     with log.open("wb") as sink:
         process = subprocess.Popen(
@@ -387,6 +393,9 @@ def serve(tmp: Path, log_name: str = "serve.log", **settings: object) -> Served:
     deadline = time.monotonic() + 30
     port = 0
     while not port:
+        if fixed:
+            port = fixed
+            break
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             process.wait(10)

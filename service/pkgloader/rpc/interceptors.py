@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from pkgloader.errors import PkgloaderError
+from pkgloader.rpc.auth import TokenAuth
 from pkgloader.rpc.status import code_for, internal_status, to_status
 
 log = logging.getLogger("pkgloader.access")
@@ -28,15 +29,19 @@ Observer = Callable[[str, str, float, dict[str, Any]], None]
 class CallContext:
     """Per-call facts the servicer adds for the access log (package id, hash, source, bytes)."""
 
-    __slots__ = ("fields",)
+    __slots__ = ("fields", "metadata")
 
-    def __init__(self) -> None:
+    def __init__(self, metadata: dict[str, Any]) -> None:
         self.fields: dict[str, Any] = {}
+        self.metadata = metadata
 
 
 class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, observers: list[Observer] | None = None) -> None:
+    def __init__(
+        self, observers: list[Observer] | None = None, auth: TokenAuth | None = None
+    ) -> None:
         self._observers = observers or []
+        self._auth = auth
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
@@ -52,6 +57,7 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 call = self._begin(context)
                 started, code = time.perf_counter(), "OK"
                 try:
+                    self._authorize(method, call, request)
                     return inner_uu(request, context)
                 except Exception as exc:
                     code = self._fail(exc, context, method, call)
@@ -62,14 +68,17 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             return grpc.unary_unary_rpc_method_handler(
                 unary, handler.request_deserializer, handler.response_serializer
             )
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
+        if handler.unary_stream is not None or handler.stream_stream is not None:
+            # Server streams (Load, Scan, health Watch) and bidi streams (reflection) alike.
+            bidi = handler.stream_stream is not None
+            inner_s = handler.stream_stream if bidi else handler.unary_stream
 
             def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 call = self._begin(context)
                 started, code = time.perf_counter(), "OK"
                 try:
-                    yield from inner_us(request, context)
+                    self._authorize(method, call, None if bidi else request)
+                    yield from inner_s(request, context)
                 except GeneratorExit:
                     code = "CANCELLED"  # the client went away mid-stream
                     raise
@@ -81,15 +90,24 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                         code = "CANCELLED"
                     self._end(method, code, started, call)
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer
+            make = (
+                grpc.stream_stream_rpc_method_handler
+                if bidi
+                else grpc.unary_stream_rpc_method_handler
             )
+            return make(stream, handler.request_deserializer, handler.response_serializer)
         return handler
+
+    def _authorize(self, method: str, call: CallContext, request: Any) -> None:
+        if self._auth is not None:
+            role = self._auth.check(method, call.metadata, request)
+            if role is not None:
+                call.fields["role"] = role
 
     @staticmethod
     def _begin(context: grpc.ServicerContext) -> CallContext:
-        call = CallContext()
         metadata = dict(context.invocation_metadata() or ())
+        call = CallContext(metadata)
         request_id = metadata.get("x-request-id")
         if not isinstance(request_id, str) or not request_id or len(request_id) > 128:
             request_id = uuid.uuid4().hex
@@ -121,7 +139,10 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
     def _end(self, method: str, code: str, started: float, call: CallContext) -> None:
         seconds = time.perf_counter() - started
-        log.info(
+        # Health checks and reflection come every few seconds from probes: keep them at DEBUG.
+        level = logging.DEBUG if method.startswith("/grpc.") else logging.INFO
+        log.log(
+            level,
             "rpc",
             extra={
                 "method": method,

@@ -44,9 +44,12 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
     #: it, as it registers the serializer that passes such bytes through.
     preserialized = False
 
-    def __init__(self, loader: PackageLoader, maintenance: CacheMaintenance) -> None:
+    def __init__(
+        self, loader: PackageLoader, maintenance: CacheMaintenance, call_timeout: float = 900.0
+    ) -> None:
         self._loader = loader
         self._maintenance = maintenance
+        self._call_timeout = call_timeout
 
     def Load(self, request: pb.LoadRequest, context: grpc.ServicerContext) -> Iterator[Any]:
         dist = request.summary.dist
@@ -61,6 +64,7 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
                 size_hint=dist.webc_size if dist.HasField("webc_size") else None,
             ),
             alive=context.is_active,
+            timeout=_timeout(context, self._call_timeout),
         )
         log.update(source=result.source.value, bytes=result.package.size)
         # Ready-made LoadResponse bytes: registered through `add_to_server`, they go out as they
@@ -169,6 +173,12 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
         )
 
 
+def _timeout(context: grpc.ServicerContext, default: float) -> float:
+    """The client's remaining deadline, capped by the server's default for calls without one."""
+    remaining = context.time_remaining()
+    return default if remaining is None else max(0.0, min(remaining, default))
+
+
 # google.protobuf.Duration's documented range is ±10,000 years; beyond it ToTimedelta overflows.
 _MAX_DURATION_SECONDS = 315_576_000_000
 
@@ -207,9 +217,7 @@ def add_to_server(servicer: PackageLoaderServicer, server: grpc.Server) -> None:
     handlers = dict(recorder.handlers)
     handlers["Load"] = handlers["Load"]._replace(response_serializer=_serialize_load)
     servicer.preserialized = True
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
-    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     # Registered methods skip grpcio's generic lookup per call; grpc-stubs does not know it yet.
     server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
 

@@ -1,0 +1,173 @@
+"""Outbound policy: which upstream addresses a download may connect to (no SSRF).
+
+`PKGLOADER_UPSTREAM_ALLOW` is a comma-separated list of host names, IP addresses, CIDR ranges and
+URL prefixes. Empty means any *public* address. Loopback, private, link-local (cloud metadata at
+169.254.169.254), multicast, reserved and unspecified addresses are refused unless an entry allows
+them by name, prefix or range. The check runs twice: on each URL (first request and every
+redirect hop) and on each *resolved* address at connect time, inside the HTTP client's network
+backend, so a name that resolves to a refused address is never connected to (DNS rebinding
+included: the address checked is the address connected to).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+import httpcore
+import httpx
+
+from pkgloader.errors import UpstreamBlocked
+
+_HOST = re.compile(r"[A-Za-z0-9.\-:\[\]]+")
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class UpstreamPolicy:
+    def __init__(self, allow: Iterable[str] = ()) -> None:
+        self.entries = tuple(entry.strip() for entry in allow if entry.strip())
+        self._networks: list[Network] = []
+        self._hosts: set[str] = set()  # allowed by name, for URLs and addresses alike
+        self._prefixes: list[str] = []
+        self._prefix_hosts: set[str] = set()  # may be connected to, for URLs under a prefix
+        for entry in self.entries:
+            if "://" in entry:
+                url = httpx.URL(entry)
+                self._prefixes.append(str(url))
+                self._prefix_hosts.add(url.host.lower())
+                continue
+            try:
+                self._networks.append(ipaddress.ip_network(entry, strict=False))
+                continue
+            except ValueError:
+                pass
+            self._hosts.add(entry.strip("[]").lower())
+
+    @classmethod
+    def parse(cls, text: str) -> UpstreamPolicy:
+        """For settings: validate every entry now, not at the first download."""
+        for entry in filter(None, (e.strip() for e in text.split(","))):
+            if "://" in entry:
+                try:
+                    url = httpx.URL(entry)
+                except httpx.InvalidURL as exc:
+                    raise ValueError(f"bad URL prefix {entry!r}: {exc}") from None
+                if url.scheme not in ("http", "https") or not url.host:
+                    raise ValueError(f"URL prefix must be an http(s) URL with a host: {entry!r}")
+            elif "/" in entry:
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(f"bad CIDR range {entry!r}") from None
+            elif not _HOST.fullmatch(entry):
+                raise ValueError(f"bad host name or address {entry!r}")
+        return cls(text.split(","))
+
+    def check_url(self, url: httpx.URL) -> None:
+        """Refuse a URL the allow-list does not cover (before any connection)."""
+        if not self.entries:
+            return
+        text = str(url)
+        host = url.host.lower()
+        if host in self._hosts or any(text.startswith(prefix) for prefix in self._prefixes):
+            return
+        literal = _literal(host)
+        if literal is not None and any(literal in net for net in self._networks):
+            return
+        if literal is None and self._networks:
+            return  # a name: judged by the addresses it resolves to, at connect time
+        raise UpstreamBlocked(
+            f"upstream {url.host!r} is not in PKGLOADER_UPSTREAM_ALLOW", url=_safe(url)
+        )
+
+    def check_address(self, host: str, address: Address) -> None:
+        """Refuse connecting to `address` (resolved from `host`)."""
+        host = host.strip("[]").lower()
+        by_name = host in self._hosts or host in self._prefix_hosts
+        by_range = any(address in net for net in self._networks)
+        if self.entries and not (by_name or by_range):
+            raise UpstreamBlocked(
+                f"upstream {host!r} resolves to {address}, which PKGLOADER_UPSTREAM_ALLOW "
+                "does not allow",
+                host=host,
+            )
+        if not _public(address) and not (by_name or by_range):
+            raise UpstreamBlocked(
+                f"upstream {host!r} resolves to the non-public address {address}; "
+                "allow it explicitly in PKGLOADER_UPSTREAM_ALLOW",
+                host=host,
+            )
+
+
+class GuardedBackend(httpcore.SyncBackend):
+    """httpcore's network backend, resolving names itself so every address is checked first."""
+
+    def __init__(self, policy: UpstreamPolicy) -> None:
+        self._policy = policy
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host!r}: {exc.strerror}") from None
+        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
+        # Every answer must pass: a mixed answer is how rebinding attacks hide a private address.
+        for address in addresses:
+            self._policy.check_address(host, address)
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                return super().connect_tcp(
+                    str(address), port, timeout, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+
+def guarded_transport(policy: UpstreamPolicy, limits: httpx.Limits) -> httpx.HTTPTransport:
+    """An httpx transport whose connections go through `GuardedBackend`."""
+    transport = httpx.HTTPTransport(limits=limits)
+    # httpx does not expose httpcore's network_backend; swap in a pool built the same way.
+    # tests/test_security.py fails if a later httpx stops honouring it.
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=httpx.create_ssl_context(),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=GuardedBackend(policy),
+    )
+    return transport
+
+
+def _public(address: Address) -> bool:
+    """Globally routable unicast. Python counts multicast as global; we do not, and an
+    IPv4-mapped IPv6 address is judged as the IPv4 address it carries."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not (
+        address.is_multicast or address.is_reserved or address.is_unspecified
+    )
+
+
+def _literal(host: str) -> Address | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def _safe(url: httpx.URL) -> str:
+    return str(url.copy_with(query=None, fragment=None))
