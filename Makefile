@@ -10,16 +10,25 @@ NODE_DIR := tests/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 BUF := $(NODE_DIR)/node_modules/.bin/buf
 
-.PHONY: serve test lint typecheck protos check-protos check-buf node bench clean image-test
+.PHONY: lock serve test lint typecheck protos check-protos check-buf node bench clean image-test
 
-$(STAMP): pyproject.toml client/pyproject.toml client/VERSION
+# Third-party packages come only from the lock file, each checked against its sha256, so a
+# tampered or silently changed package fails the install; then our two distributions, editable.
+$(STAMP): pyproject.toml client/pyproject.toml client/VERSION requirements/dev.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "pkgloader needs Python 3.11 or newer as $(PYTHON)"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
 		{ echo "python venv is missing: apt-get install python3-venv"; exit 1; }
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e client -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e client -e .
 	@touch $@
+
+## Regenerate the lock files (with hashes) from pyproject.toml: the one command for it.
+LOCK := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 --native-tls \
+	--no-emit-package pkgloader --no-emit-package pkgloader-client
+lock: $(STAMP)
+	$(LOCK) requirements/dev.in -o requirements/dev.lock
+	$(LOCK) requirements/runtime.in -o requirements/runtime.lock
 
 ## Run the service on its embedded default: 127.0.0.1:50051, cache in ~/.cache/pkgloader.
 serve: $(STAMP)
