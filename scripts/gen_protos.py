@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROTOS = ROOT / "protos"
 OUT = ROOT / "client" / "pkgloader_client" / "_generated"
 PREFIX = "pkgloader_client._generated"
+DESCRIPTORS = "descriptors.binpb"  # a FileDescriptorSet of protos/, with source comments
 _IMPORT = re.compile(r"^(from|import) pkgloader\.v1\b", re.MULTILINE)
 
 
@@ -47,27 +48,34 @@ def _generate(into: Path) -> dict[str, str]:
         f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
         f"--mypy_out={into}",
         f"--mypy_grpc_out={into}",
+        # The descriptors with their comments, for server reflection: the descriptors compiled
+        # into the _pb2 modules carry no source info, so grpcurl would show no comments.
+        f"--descriptor_set_out={into / DESCRIPTORS}",
+        "--include_source_info",
         *protos,
     ]
     if protoc.main(argv) != 0:
         raise SystemExit("protoc failed")
-    files: dict[str, str] = {}
+    files: dict[str, bytes] = {DESCRIPTORS: (into / DESCRIPTORS).read_bytes()}
     for path in sorted(into.rglob("*.py*")):
         text = _IMPORT.sub(lambda m: f"{m.group(1)} {PREFIX}.pkgloader.v1", path.read_text())
-        files[str(path.relative_to(into))] = text
-    for package in {Path(name).parent for name in files}:
+        files[str(path.relative_to(into))] = text.encode()
+    for package in {Path(name).parent for name in files if name.endswith(".py")}:
         for part in [package, *package.parents]:
             if str(part) != ".":
-                files.setdefault(str(part / "__init__.py"), "")
+                files.setdefault(str(part / "__init__.py"), b"")
     return files
 
 
-def _current() -> dict[str, str]:
-    return {
-        str(p.relative_to(OUT)): p.read_text()
+def _current() -> dict[str, bytes]:
+    found = {
+        str(p.relative_to(OUT)): p.read_bytes()
         for p in sorted(OUT.rglob("*.py*"))
         if p.name != "__init__.py" or p.parent != OUT
     }
+    if (OUT / DESCRIPTORS).exists():
+        found[DESCRIPTORS] = (OUT / DESCRIPTORS).read_bytes()
+    return found
 
 
 def main() -> int:
@@ -87,10 +95,10 @@ def main() -> int:
             )
             return 1
         return 0
-    for name, text in wanted.items():
+    for name, data in wanted.items():
         target = OUT / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
+        target.write_bytes(data)
     for name in set(_current()) - set(wanted):
         (OUT / name).unlink()
     return 0

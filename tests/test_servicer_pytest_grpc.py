@@ -88,3 +88,23 @@ def test_scan_after_loads(grpc_stub: PackageLoaderServiceStub) -> None:
     next(grpc_stub.Load(load_request(COWSAY.url, COWSAY.sha256)))
     hashes = {e.webc_sha256 for r in grpc_stub.Scan(pb.ScanRequest()) for e in r.entries}
     assert COWSAY.sha256 in hashes
+
+
+def test_reflection_serves_the_proto_comments(grpc_channel: grpc.Channel) -> None:
+    """Reflection sends our file with its source comments (grpcurl describe shows the docs)."""
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(grpc_channel)
+    request = reflection_pb2.ServerReflectionRequest(
+        file_containing_symbol="pkgloader.v1.PackageLoaderService"
+    )
+    [response] = stub.ServerReflectionInfo(iter([request]))
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in response.file_descriptor_response.file_descriptor_proto
+    ]
+    [ours] = [f for f in files if f.name == "pkgloader/v1/package_loader.proto"]
+    comments = [loc.leading_comments for loc in ours.source_code_info.location]
+    assert any("Loads packages for other services" in c for c in comments)
+    assert any("The package to load." in c for c in comments)

@@ -16,7 +16,7 @@ from types import FrameType
 import grpc
 import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from pkgloader_client import SERVICE_NAME
 
 from pkgloader import __version__
@@ -29,6 +29,7 @@ from pkgloader.maintenance import CacheMaintenance
 from pkgloader.metrics import Metrics
 from pkgloader.rpc.auth import TokenAuth
 from pkgloader.rpc.interceptors import CallInterceptor
+from pkgloader.rpc.reflection import CommentedReflection, commented_files
 from pkgloader.rpc.servicer import PackageLoaderServicer, add_to_server
 from pkgloader.settings import Settings
 
@@ -152,12 +153,15 @@ def create_server(app: App, address: str | None = None) -> tuple[grpc.Server, in
     )
     add_to_server(PackageLoaderServicer(app.loader, app.maintenance, settings.call_timeout), server)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
-    reflection.enable_server_reflection(
-        [
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        CommentedReflection(
+            [
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            commented_files(),
+        ),
         server,
     )
     address = address or settings.listen

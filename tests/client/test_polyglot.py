@@ -73,7 +73,8 @@ def test_grpcurl_load_returns_the_manifest(server: Running, grpcurl: str) -> Non
     )
     assert result.returncode == 0, result.stderr
     package = json.loads(result.stdout)["package"]
-    assert package["webc_sha256"] == DASH.sha256
+    # Canonical proto3 JSON names (lowerCamelCase): reflection now sends complete descriptors.
+    assert package["webcSha256"] == DASH.sha256
     assert package["size"] == str(DASH.size)  # proto3 JSON writes 64-bit integers as strings
     assert package["manifest"]["entrypoint"] == "dash"
     assert package["manifest"]["dependencies"][0]["spec"] == "sharrattj/coreutils@1.0.16"
