@@ -21,12 +21,15 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 # .dockerignore lets in only what the wheels are built from.
 COPY . .
-# The pip.conf secret, when given, is used through PIP_CONFIG_FILE; the isolated environments pip
-# creates to run setuptools inherit the variable, so they reach the same index with the same CA.
+# Third-party wheels only as pinned and hashed in requirements/runtime.lock (a changed package
+# fails the build), then our two distributions with --no-deps. The pip.conf secret, when given,
+# is used through PIP_CONFIG_FILE; the isolated environment pip creates to run setuptools
+# inherits the variable, so it reaches the same index with the same CA.
 RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=pip-ca \
     if [ -f /run/secrets/pip.conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip.conf; fi; \
     python3 -m venv /opt/build; \
-    /opt/build/bin/pip wheel --wheel-dir /wheels ./client . ; \
+    /opt/build/bin/pip wheel --wheel-dir /wheels --require-hashes -r requirements/runtime.lock; \
+    /opt/build/bin/pip wheel --wheel-dir /wheels --no-deps ./client . ; \
     ls /wheels
 
 FROM ${BASE_IMAGE}

@@ -252,4 +252,13 @@ def test_docker_context_holds_only_what_the_image_needs() -> None:
     lines = (REPO / ".dockerignore").read_text().splitlines()
     rules = [line for line in lines if line and not line.startswith("#")]
     assert rules[0] == "*"
-    assert {"!service/", "!client/", "!pyproject.toml", "!deploy/healthcheck.py"} <= set(rules)
+    wanted = {"!service/", "!client/", "!pyproject.toml", "!requirements/runtime.lock"}
+    assert wanted | {"!deploy/healthcheck.py"} <= set(rules)
+
+
+def test_image_takes_third_party_packages_only_from_the_hashed_lock() -> None:
+    """The builder fetches dependencies with --require-hashes from runtime.lock, ours --no-deps."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "--require-hashes -r requirements/runtime.lock" in dockerfile
+    assert "--no-deps ./client ." in dockerfile
+    assert "--no-index" in dockerfile  # the final stage installs the builder's wheels only
