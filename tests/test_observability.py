@@ -138,3 +138,27 @@ def test_size_limit_is_skipped_while_another_replica_holds_its_lease(server: Run
     finally:
         lease.release()
     assert (server.app.settings.cache_dir / f"{WABT.sha256}.bin").exists()
+
+
+def test_start_up_never_lists_the_cache(tmp_path, monkeypatch) -> None:
+    """Building the app (metrics registration included) does no directory scan: start-up stays
+    O(1) however many entries the cache holds."""
+    from pkgloader import app as app_module
+    from pkgloader.cache.disk import DiskCache
+    from tests.conftest import test_settings
+
+    scans: list[int] = []
+    original = DiskCache.entries
+
+    def counting(self):
+        scans.append(1)
+        return original(self)
+
+    monkeypatch.setattr(DiskCache, "entries", counting)
+    app = app_module.build(test_settings(tmp_path))
+    try:
+        server, _ = app_module.create_server(app)
+        server.stop(None)
+    finally:
+        app.close()
+    assert scans == []

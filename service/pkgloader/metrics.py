@@ -52,6 +52,12 @@ class _DiskCollector(Collector):
         self._value = (0, 0)
         self._lock = threading.Lock()
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # Without describe(), registering the collector would call collect(): a full directory
+        # scan at start-up, which must stay O(1) whatever the cache holds.
+        yield GaugeMetricFamily("pkgloader_cache_entries", "Package files in the disk cache")
+        yield GaugeMetricFamily("pkgloader_cache_bytes", "Bytes of package files in the disk cache")
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._lock:
             if time.monotonic() - self._at > self._ttl:

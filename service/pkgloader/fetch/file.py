@@ -6,9 +6,10 @@ A network service must not become a way to read its own disk: the path is resolv
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote
@@ -23,6 +24,14 @@ CHUNK = 1024 * 1024
 class FileFetcher:
     def __init__(self, roots: tuple[Path, ...]) -> None:
         self._roots = tuple(Path(os.path.realpath(root)) for root in roots)
+        # Verdicts for the cheap check before a cache lookup; reading always resolves afresh.
+        self._allowed: Callable[[httpx.URL], Path] = functools.lru_cache(maxsize=1024)(
+            self.resolve
+        )
+
+    def check(self, url: httpx.URL) -> None:
+        """Raise unless `url` may be read (a memoized `resolve`; refusals are never cached)."""
+        self._allowed(url)
 
     def resolve(self, url: httpx.URL) -> Path:
         """The real path a file:// URL names, or an error if it is not under a root."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import httpx
 
 from pkgloader.errors import InvalidUrl
@@ -10,6 +12,7 @@ SCHEMES = ("http", "https", "file")
 MAX_URL_LENGTH = 8192  # far beyond any real package URL; keeps logs and errors bounded
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_url(text: str) -> httpx.URL:
     """Accept absolute http(s)/file URLs only; say precisely what is wrong otherwise."""
     shown = text if len(text) <= 200 else text[:197] + "..."
