@@ -145,6 +145,7 @@ def test_start_up_never_lists_the_cache(tmp_path, monkeypatch) -> None:
     O(1) however many entries the cache holds."""
     from pkgloader import app as app_module
     from pkgloader.cache.disk import DiskCache
+
     from tests.conftest import test_settings
 
     scans: list[int] = []
