@@ -79,7 +79,12 @@ check-buf: $(NODE_STAMP)
 image-test: $(STAMP)
 	bash scripts/image-test
 
+## Run the benchmarks (about 15 minutes) and write bench/RESULTS.md. h2load (Debian's
+## nghttp2-client) drives the request-rate figures; without it Python clients do, and measure
+## mostly themselves.
 bench: $(STAMP)
+	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; } \
+		|| echo "h2load unavailable: the rate figures fall back to Python clients"
 	$(BIN)/python -m bench
 
 clean:
