@@ -466,3 +466,34 @@ def test_guarded_transport_is_what_the_client_uses(tmp_path: Path) -> None:
             app.http.get("http://127.0.0.1:9/")
     finally:
         app.close()
+
+
+def test_health_port_answers_probes_in_plaintext_while_the_api_needs_tls(tmp_path, pki) -> None:
+    """PKGLOADER_HEALTH_LISTEN: plaintext health for Kubernetes probes, and nothing else there."""
+    app = app_module.build(
+        test_settings(tmp_path, tls_cert=pki["server.pem"], tls_key=pki["server.key"])
+    )
+    health_server, port = app_module.create_health_server(app, "127.0.0.1:0")
+    health_server.start()
+    app_module.set_serving(app, True)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            status = (
+                health_pb2_grpc.HealthStub(channel)
+                .Check(
+                    health_pb2.HealthCheckRequest(service="pkgloader.v1.PackageLoaderService"),
+                    timeout=10,
+                )
+                .status
+            )
+            assert status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as caught:
+                list(
+                    PackageLoaderServiceStub(channel).Load(
+                        load_request(HELLO.url, HELLO.sha256), timeout=10
+                    )
+                )
+            assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        health_server.stop(None)
+        app.close()

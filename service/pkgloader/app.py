@@ -189,6 +189,23 @@ def _tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+def create_health_server(app: App, address: str) -> tuple[grpc.Server, int]:
+    """A plaintext server with only the health service (the same status as the main port).
+
+    Kubernetes' native gRPC probes cannot speak TLS; with TLS on the main port they probe this
+    one instead. It serves nothing but grpc.health.v1.Health, so it exposes no package data.
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(2, thread_name_prefix="health"), options=SERVER_OPTIONS
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {address}: {exc}") from None
+    return server, port
+
+
 def set_serving(app: App, serving: bool) -> None:
     status = (
         health_pb2.HealthCheckResponse.SERVING
@@ -212,6 +229,10 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server.start()
+    health_server = None
+    if settings.health_listen:
+        health_server, _ = create_health_server(app, settings.health_listen)
+        health_server.start()
     if settings.metrics_listen:
         app.metrics.serve(settings.metrics_listen)
     app.start_background()
@@ -229,5 +250,7 @@ def serve(settings: Settings) -> None:
     stop.wait()
     set_serving(app, False)
     server.stop(settings.grace_period).wait()
+    if health_server is not None:
+        health_server.stop(None)
     app.close()
     log.info("stopped")

@@ -151,6 +151,11 @@ class Settings:
     size_check_interval: float = _setting(
         60.0, parse_seconds, "seconds between checks of the disk cache size limit"
     )
+    health_listen: str = _setting(
+        "",
+        _parse_optional_listen,
+        "extra plaintext port serving only gRPC health (for probes when TLS is on); empty: off",
+    )
     metrics_listen: str = _setting(
         "", _parse_optional_listen, "Prometheus /metrics address, host:port; empty: off"
     )
