@@ -85,12 +85,19 @@ def test_open_package_accepts_str_paths_and_bytes_likes() -> None:
             assert c.manifest.entrypoint == "script"
 
 
-def test_tarball_from_a_path_releases_the_mapping() -> None:
-    """A tar.gz opened from a path is decoded into memory and needs no mapping afterwards."""
+def test_tarball_from_a_path_keeps_the_mapping_until_close() -> None:
+    """A tar.gz opened from a path decompresses large members from the mapping on demand, so
+    it keeps the mapping like webc does; close() unmaps it when nothing else holds it."""
     c = open_package(COWSAY)
-    assert c._owned is None
-    assert c.get_atom("cowsay") is not None
+    owned = c._owned
+    assert owned is not None
+    assert not owned.closed
+    atom = c.get_atom("cowsay")
+    assert atom is not None
+    assert len(atom) == 1058629
+    del atom  # a fresh copy, not a view of the mapping: it would not keep it mapped anyway
     c.close()
+    assert owned.closed
 
 
 # ------------------------------------------------------------------------- to_jsonable

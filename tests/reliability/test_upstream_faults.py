@@ -468,12 +468,6 @@ def tar_gz_bomb(zero_mib: int) -> bytes:
     return gzip.compress(raw, mtime=0) + piece * (zero_mib // 16) + gzip.compress(bytes(1024))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug, not fixed here: the tar.gz reader holds every member in memory (up to "
-    "TarballLimits, 1 GiB) and the memory tier counts a package by its compressed size, so a "
-    "~250 KiB tar.gz with the right hash costs ~256 MiB resident (peak ~2x) per package",
-)
 def test_tar_gz_package_that_expands_hugely_keeps_server_memory_bounded(
     served, tmp_path: Path
 ) -> None:

@@ -17,7 +17,7 @@ from ._manifest import Manifest, manifest_from_cbor
 from ._parsed import Parsed
 from ._tarball import TarballLimits, parse_tarball
 from ._v1 import parse_v1
-from ._volume import Volume
+from ._volume import Volume, content_sha256, content_view
 
 Source = str | os.PathLike[str] | Buffer
 
@@ -26,7 +26,8 @@ def open_package(source: Source, *, limits: TarballLimits | None = None) -> Cont
     """Parse a package from a path (memory-mapped, never read whole) or from bytes in memory.
 
     Everything structural (headers, index, manifest, volume trees) is parsed here, so a
-    ``FormatError`` surfaces now rather than on first use; atoms and file contents stay views.
+    ``FormatError`` surfaces now rather than on first use; atoms and file contents stay views
+    (a tar.gz member larger than a small cap is decompressed again each time it is read).
     ``limits`` bounds what a tar.gz package may expand to. ``OSError`` from opening a path
     propagates unchanged.
     """
@@ -43,11 +44,8 @@ def open_package(source: Source, *, limits: TarballLimits | None = None) -> Cont
     try:
         view = as_view(buffer)
         parsed = _parse(view, limits)
-        if parsed.format == "tarball" and owned is not None:
-            # Every member was copied out while decompressing; the mapping is no longer needed.
-            view.release()
-            owned.close()
-            return Container(parsed, None, None)
+        # A tar.gz keeps only small members in memory and decompresses the others from the
+        # package bytes when they are read, so it needs them (and a mapping) like webc does.
         return Container(parsed, view, owned)
     except BaseException:
         if owned is not None:
@@ -115,7 +113,7 @@ class Container:
 
     def _data(self) -> memoryview:
         self._check_open()
-        assert self._view is not None  # only a tar.gz container has no view, and it never asks
+        assert self._view is not None  # set until close()
         return self._view
 
     @property
@@ -139,13 +137,19 @@ class Container:
         return self._checksum_valid
 
     def atoms(self) -> dict[str, memoryview]:
-        """Every atom by name, sorted by name; the values are views of the package bytes."""
+        """Every atom by name, sorted by name; the values are views of the package bytes.
+
+        For a tar.gz an atom larger than a small cap is decompressed on each call into a fresh
+        copy (and ``atoms()`` produces all of them), so prefer ``get_atom`` and keep the result.
+        """
         self._check_open()
-        return dict(self._parsed.atoms)
+        return {name: content_view(atom) for name, atom in self._parsed.atoms.items()}
 
     def get_atom(self, name: str) -> memoryview | None:
+        """One atom's bytes (see ``atoms`` for tar.gz), or ``None`` if there is no such atom."""
         self._check_open()
-        return self._parsed.atoms.get(name)
+        atom = self._parsed.atoms.get(name)
+        return None if atom is None else content_view(atom)
 
     def volumes(self) -> dict[str, Volume]:
         """Every volume under its raw name (``atom``, ``metadata``, ``/settings``, …)."""
@@ -195,7 +199,8 @@ class Container:
                     f"(expected 'sha256:' and 32 bytes in base64)"
                 )
                 continue
-            digest = hashlib.sha256(content).digest()
+            # A tar.gz member not kept in memory is decompressed and hashed again, in pieces.
+            digest = content_sha256(content, reread=True)
             if digest != expected:
                 problems.append(
                     f"atom {atom.name!r}: signature {atom.signature} does not match the atom's "

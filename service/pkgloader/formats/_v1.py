@@ -13,7 +13,7 @@ from ._binary import Cursor
 from ._cbor import decode_cbor
 from ._errors import FormatError
 from ._parsed import Parsed
-from ._volume import MAX_DEPTH, DirNode, FileNode, Volume, is_valid_name
+from ._volume import MAX_DEPTH, DirNode, FileNode, Volume, content_view, is_valid_name
 
 _CHECKSUM_TYPES = {
     b"----------------": None,
@@ -50,7 +50,7 @@ def parse_v1(data: memoryview) -> Parsed:
                     f"webc v1: atom {name!r} spans bytes [{node.start}, {node.end}), outside "
                     f"the atoms volume's {len(node.data)} data bytes"
                 )
-            atoms[name] = node.data[node.start : node.end]
+            atoms[name] = content_view(node.content())
 
     volumes: dict[str, Volume] = {}
     while body.remaining:

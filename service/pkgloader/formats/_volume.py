@@ -1,12 +1,14 @@
 """The in-memory directory tree every format is parsed into, and ``Volume`` over it.
 
 Parsers build the tree once, at open time, so a structural error surfaces there; file bytes
-stay ``memoryview`` slices of the package (or of the decompressed tar member).
+stay ``memoryview`` slices of the package, or, for a tar.gz member that is not kept in memory,
+an ``OnDemand`` that decompresses them each time they are read.
 """
 
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -18,6 +20,45 @@ from ._errors import FormatError
 MAX_DEPTH = 256
 
 EMPTY_SHA256 = hashlib.sha256(b"").digest()
+
+
+class OnDemand(ABC):
+    """Bytes that are not held in memory but produced when asked for (a tar.gz member).
+
+    ``len()`` is known without producing them. Each ``read`` makes a fresh copy, so a reader
+    holds a large member only while it uses it.
+    """
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    @abstractmethod
+    def read(self) -> memoryview:
+        """A fresh read-only view of all the bytes."""
+
+    @abstractmethod
+    def sha256(self, *, reread: bool = False) -> bytes:
+        """The sha256 of the bytes, computed without holding them; ``reread`` ignores any
+        digest remembered from the open and reads the bytes again."""
+
+
+Content = memoryview | OnDemand
+
+
+def content_view(content: Content) -> memoryview:
+    """The bytes of ``content``: the view itself, or a freshly produced copy."""
+    return content.read() if isinstance(content, OnDemand) else content
+
+
+def content_sha256(content: Content, *, reread: bool = False) -> bytes:
+    if isinstance(content, OnDemand):
+        return content.sha256(reread=reread)
+    return hashlib.sha256(content).digest()
 
 
 @dataclass(frozen=True)
@@ -41,13 +82,17 @@ class Metadata:
 
 
 class FileNode:
-    """A file: ``data[start:end]``; the range is checked by ``validate`` and ``read_file``."""
+    """A file: ``data[start:end]``; the range is checked by ``validate`` and ``read_file``.
+
+    ``data`` is an ``OnDemand`` only for a tar.gz member that is not kept; its range is then
+    always the whole of it.
+    """
 
     __slots__ = ("data", "end", "entry_hash", "hash", "modified", "start")
 
     def __init__(
         self,
-        data: memoryview,
+        data: Content,
         start: int,
         end: int,
         *,
@@ -70,6 +115,12 @@ class FileNode:
     @property
     def in_bounds(self) -> bool:
         return 0 <= self.start <= self.end <= len(self.data)
+
+    def content(self) -> Content:
+        """The file's bytes (in bounds only): a view, or the ``OnDemand`` itself."""
+        if isinstance(self.data, OnDemand):
+            return self.data
+        return self.data[self.start : self.end]
 
 
 class DirNode:
@@ -136,8 +187,11 @@ class Volume:
         ]
 
     def read_file(self, path: str) -> memoryview | None:
-        """The bytes of the file at ``path`` (a view), or ``None`` if it is not a file.
+        """The bytes of the file at ``path``, or ``None`` if it is not a file.
 
+        For webc the result is a view of the package bytes. For a tar.gz it is a view of
+        the member kept in memory, or, for a large member, a fresh copy decompressed on each
+        call (so a caller should keep what it reads rather than read it again).
         Raises ``FormatError`` if the header places the file outside the volume's data.
         """
         node = self._lookup(path)
@@ -145,7 +199,7 @@ class Volume:
             return None
         if not node.in_bounds:
             raise FormatError(_out_of_bounds(self.name, path, node))
-        return node.data[node.start : node.end]
+        return content_view(node.content())
 
     def metadata(self, path: str) -> Metadata | None:
         """Type, length and modification time of ``path``, or ``None`` if it does not exist."""
@@ -181,7 +235,7 @@ class Volume:
                     problems.append(_out_of_bounds(self.name, path, node))
                     actual[id(node)] = EMPTY_SHA256
                     continue
-                digest = hashlib.sha256(node.data[node.start : node.end]).digest()
+                digest = content_sha256(node.content(), reread=True)
                 actual[id(node)] = digest
                 if file_hashes and node.hash is not None and node.hash != digest:
                     problems.append(

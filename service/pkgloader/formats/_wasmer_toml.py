@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import base64
 import datetime
-import hashlib
 import re
 import tomllib
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from ._errors import FormatError
+from ._volume import Content, content_sha256
 
 WASI_RUNNER = "https://webc.org/runner/wasi"
 WCGI_RUNNER = "https://webc.org/runner/wcgi"
@@ -118,12 +118,32 @@ def _split_module_ref(ref: str) -> tuple[str | None, str]:
     return (dependency, module) if sep else (None, ref)
 
 
+def module_sources(text: bytes) -> set[str] | None:
+    """The sanitized paths of every ``[[module]]`` source, or None if ``text`` does not parse.
+
+    A cheap look ahead for the tar.gz reader, which hashes those members as it streams past
+    them; ``convert`` does the real checks (and reports the errors).
+    """
+    try:
+        modules = tomllib.loads(text.decode("utf-8")).get("module", [])
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    if not isinstance(modules, list):
+        return None
+    return {
+        sanitize_path(m["source"])
+        for m in modules
+        if isinstance(m, dict) and isinstance(m.get("source"), str)
+    }
+
+
 def convert(
-    text: bytes, files: Mapping[str, memoryview]
-) -> tuple[dict[str, object], dict[str, memoryview]]:
+    text: bytes, files: Mapping[str, Content]
+) -> tuple[dict[str, object], dict[str, Content]]:
     """The manifest map and the atoms (module bytes, by module name) of a tar.gz package.
 
-    ``files`` maps the archive's sanitized absolute paths to their contents.
+    ``files`` maps the archive's sanitized absolute paths to their contents (views, or
+    ``OnDemand`` members, whose sha256 is taken without holding them).
     """
     try:
         doc = tomllib.loads(text.decode("utf-8"))
@@ -182,7 +202,7 @@ def convert(
 
     modules: dict[str, dict[str, object]] = {}
     atoms: dict[str, object] = {}
-    atom_bytes: dict[str, memoryview] = {}
+    atom_bytes: dict[str, Content] = {}
     bindings: list[object] = []
     for i, module in enumerate(_tables(doc.get("module", []), "[[module]]")):
         where = f"[[module]][{i}]"
@@ -203,7 +223,7 @@ def convert(
             kind = TENSORFLOW_KIND
         elif not urlsplit(kind).scheme:
             raise FormatError(f"wasmer.toml: module {name!r} has an unknown kind {kind!r}")
-        digest = hashlib.sha256(content).digest()
+        digest = content_sha256(content)
         atoms[name] = {"kind": kind, "signature": "sha256:" + base64.b64encode(digest).decode()}
         atom_bytes[name] = content
         if "bindings" in module:
