@@ -101,7 +101,8 @@ def test_twenty_thousand_mixed_loads_at_64_in_flight(
     # warm-up; after it nothing may grow with the number of calls.
     # A client's connection may still be closing when a figure is taken: CLIENTS of slack.
     assert end.fds <= min(warm.fds, mid.fds) + CLIENTS, summary
-    assert end.threads <= mid.threads + 2, summary
+    # Thread pools never shrink and may still fill after mid-run on a busy machine (seen: +3 on
+    # CI), so the leak check is the bound: what the pools can hold, whatever the call count.
     assert end.threads <= idle.threads + WORKERS + MAX_DOWNLOADS, summary
     # Flat: what warm-up reached is the plateau; allow allocator noise, not growth per call.
     assert end.rss <= warm.rss * 1.25 + 16 * MiB, summary
