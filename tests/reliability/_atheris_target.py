@@ -15,7 +15,6 @@ with atheris.instrument_imports():
 
 from tests.formats._helpers import exercise
 
-
 _LIMITS = formats.TarballLimits(max_member_bytes=16 << 20, max_total_bytes=32 << 20)
 
 
