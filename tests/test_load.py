@@ -556,3 +556,14 @@ def test_concurrent_loads_share_a_failure_too(make_server, httpserver: HTTPServe
                 call.result(timeout=30)
             assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert len(httpserver.log) == 1
+
+
+def test_file_url_errors_show_the_url_as_the_client_wrote_it(
+    server: Running, tmp_path: Path
+) -> None:
+    """The url in a file:// error's ErrorInfo is the client's file:///... text, not file:/..."""
+    missing = tmp_path / "files" / "missing.webc"
+    err = expect_error(
+        lambda: server.load(missing.as_uri(), HELLO.sha256), grpc.StatusCode.NOT_FOUND
+    )
+    assert error_info(err).metadata["url"] == missing.as_uri()

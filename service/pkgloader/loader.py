@@ -180,7 +180,9 @@ class PackageLoader:
         download = self._await(self._flight(expected, str(url)), alive, timeout)
         warnings: list[str] = []
         if download.actual != expected.hex:
-            mismatch = HashMismatch(expected=expected.hex, actual=download.actual, source=str(url))
+            mismatch = HashMismatch(
+                expected=expected.hex, actual=download.actual, source=request.url
+            )
             self.events.hash_mismatch()
             if policy is HashPolicy.FAIL:
                 raise mismatch
@@ -188,7 +190,7 @@ class PackageLoader:
                 log.warning("image hash mismatch", extra={"error": mismatch.message})
                 warnings.append(mismatch.message)
         if download.parse_error is not None:
-            raise _invalid(download.parse_error, str(url))
+            raise _invalid(download.parse_error, request.url)
         assert download.package is not None
         return LoadResult(download.package, download.source, warnings)
 

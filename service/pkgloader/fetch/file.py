@@ -25,9 +25,7 @@ class FileFetcher:
     def __init__(self, roots: tuple[Path, ...]) -> None:
         self._roots = tuple(Path(os.path.realpath(root)) for root in roots)
         # Verdicts for the cheap check before a cache lookup; reading always resolves afresh.
-        self._allowed: Callable[[httpx.URL], Path] = functools.lru_cache(maxsize=1024)(
-            self.resolve
-        )
+        self._allowed: Callable[[httpx.URL], Path] = functools.lru_cache(maxsize=1024)(self.resolve)
 
     def check(self, url: httpx.URL) -> None:
         """Raise unless `url` may be read (a memoized `resolve`; refusals are never cached)."""
@@ -36,17 +34,17 @@ class FileFetcher:
     def resolve(self, url: httpx.URL) -> Path:
         """The real path a file:// URL names, or an error if it is not under a root."""
         if url.host not in ("", "localhost"):
-            raise InvalidUrl(f"file:// URLs must not name a host, got {url.host!r}", url=str(url))
+            raise InvalidUrl(f"file:// URLs must not name a host, got {url.host!r}", url=_text(url))
         raw = unquote(url.raw_path.decode("ascii").split("?", 1)[0])
         if "\0" in raw or not raw.startswith("/"):
-            raise InvalidUrl(f"file:// URL has no absolute path: {str(url)!r}", url=str(url))
+            raise InvalidUrl(f"file:// URL has no absolute path: {_text(url)!r}", url=_text(url))
         if not self._roots:
             raise FileOutsideRoots(
-                "file:// URLs are disabled on this server (no PKGLOADER_FILE_ROOTS)", url=str(url)
+                "file:// URLs are disabled on this server (no PKGLOADER_FILE_ROOTS)", url=_text(url)
             )
         real = Path(os.path.realpath(raw))
         if not any(real == root or real.is_relative_to(root) for root in self._roots):
-            raise FileOutsideRoots(f"{raw} is outside the allowed file roots", url=str(url))
+            raise FileOutsideRoots(f"{raw} is outside the allowed file roots", url=_text(url))
         return real
 
     @contextmanager
@@ -57,19 +55,26 @@ class FileFetcher:
             # already, so a symlink here was swapped in after the check.
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise UpstreamNotFound(f'Unable to read "{path}": no such file', url=str(url)) from None
+            raise UpstreamNotFound(
+                f'Unable to read "{path}": no such file', url=_text(url)
+            ) from None
         except OSError as exc:
             raise UpstreamNotFound(
-                f'Unable to read "{path}": {exc.strerror}', url=str(url)
+                f'Unable to read "{path}": {exc.strerror}', url=_text(url)
             ) from None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise FileOutsideRoots(f'"{path}" is not a regular file', url=str(url))
+                raise FileOutsideRoots(f'"{path}" is not a regular file', url=_text(url))
             os.set_blocking(fd, True)
             with os.fdopen(fd, "rb", buffering=0, closefd=False) as handle:
-                yield _read_chunks(handle, path, str(url))
+                yield _read_chunks(handle, path, _text(url))
         finally:
             os.close(fd)
+
+
+def _text(url: httpx.URL) -> str:
+    # httpx renders file:///x as file:/x; errors should show the URL as clients write it.
+    return f"file://{url.host}{url.raw_path.decode('ascii')}"
 
 
 def _read_chunks(handle: object, path: Path, url: str) -> Iterator[bytes]:
