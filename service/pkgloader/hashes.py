@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import string
 from dataclasses import dataclass
 
@@ -27,14 +26,6 @@ class WebcHash:
                 value=shown,
             )
         return cls(text.lower())
-
-    @classmethod
-    def is_valid(cls, text: str) -> bool:
-        return len(text) == 64 and _HEX.issuperset(text)
-
-    @classmethod
-    def of(cls, data: bytes | memoryview) -> WebcHash:
-        return cls(hashlib.sha256(data).hexdigest())
 
     def __str__(self) -> str:
         return self.hex

@@ -252,8 +252,10 @@ class Settings:
 
 def _read_auth_tokens(path: Path) -> dict[str, str]:
     tokens = _read_json_strings(path, "PKGLOADER_AUTH_TOKENS_FILE", "token -> role")
+    from pkgloader.rpc.auth import ROLES
+
     for role in tokens.values():
-        if role not in ("reader", "admin"):
+        if role not in ROLES:
             raise SettingsError(
                 f"PKGLOADER_AUTH_TOKENS_FILE: roles must be reader or admin, got {role!r}"
             )

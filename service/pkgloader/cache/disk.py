@@ -57,13 +57,6 @@ class Entry:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
-class Mismatch:
-    name: str
-    expected: str
-    actual: str
-
-
 class DiskCache:
     def __init__(self, root: Path, *, touch_interval: float = 300.0) -> None:
         self.root = root

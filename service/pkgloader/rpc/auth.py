@@ -18,7 +18,7 @@ from pkgloader_client import pb
 
 from pkgloader.errors import AdminRequired, Unauthenticated
 
-ROLES = ("reader", "admin")
+ROLES = ("reader", "admin")  # what PKGLOADER_AUTH_TOKENS_FILE may name
 _PREFIX = "/pkgloader.v1.PackageLoaderService/"
 
 #: Which requests change shared state, by method.
