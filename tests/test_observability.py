@@ -163,3 +163,39 @@ def test_start_up_never_lists_the_cache(tmp_path, monkeypatch) -> None:
     finally:
         app.close()
     assert scans == []
+
+
+def test_queued_log_handler_writes_every_line_in_order_and_drains_on_flush(tmp_path) -> None:
+    """Records logged from many threads all arrive, in per-thread order, once flush() returns."""
+    import io
+    import threading
+
+    from pkgloader.logs import JsonFormatter, QueuedJsonHandler
+
+    stream = io.StringIO()
+    handler = QueuedJsonHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("pkgloader.test-queued")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+
+        def burst(n: int) -> None:
+            for i in range(500):
+                logger.info("line", extra={"worker": n, "seq": i})
+
+        threads = [threading.Thread(target=burst, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        handler.flush()
+        entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert len(entries) == 8 * 500
+        for n in range(8):
+            assert [e["seq"] for e in entries if e["worker"] == n] == list(range(500))
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert not handler._writer.is_alive()
