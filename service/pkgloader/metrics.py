@@ -124,6 +124,8 @@ class Metrics(LoaderEvents):
         if disk is not None:
             r.register(_DiskCollector(disk))
         self._server: Any = None
+        self._rpc_children: dict[tuple[str, str], Any] = {}
+        self._load_children: dict[tuple[str, str], Any] = {}
 
     # LoaderEvents
     def downloaded(self, size: int, seconds: float, ok: bool) -> None:
@@ -136,10 +138,21 @@ class Metrics(LoaderEvents):
 
     # interceptor observer
     def rpc(self, method: str, code: str, seconds: float, fields: dict[str, Any]) -> None:
-        self.rpc_seconds.labels(method.rsplit("/", 1)[-1], code).observe(seconds)
+        # Labelled children are looked up once per label set: .labels() costs a lock and a
+        # dict build on every call, and this runs on every RPC.
+        histogram = self._rpc_children.get((method, code))
+        if histogram is None:
+            histogram = self.rpc_seconds.labels(method.rsplit("/", 1)[-1], code)
+            self._rpc_children[(method, code)] = histogram
+        histogram.observe(seconds)
         if method == _LOAD:
-            self.loads.labels(fields.get("source", "none"), code).inc()
-            self.served.inc(fields.get("sent_bytes", 0))
+            source = fields.get("source", "none")
+            counter = self._load_children.get((source, code))
+            if counter is None:
+                counter = self._load_children[(source, code)] = self.loads.labels(source, code)
+            counter.inc()
+            if sent := fields.get("sent_bytes", 0):
+                self.served.inc(sent)
 
     def serve(self, address: str) -> int:
         """Start the /metrics HTTP endpoint; returns its port."""
