@@ -8,6 +8,7 @@ exception is logged with its traceback and sent as a bare INTERNAL.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 import uuid
@@ -21,6 +22,11 @@ from pkgloader.rpc.auth import TokenAuth
 from pkgloader.rpc.status import code_for, internal_status, to_status
 
 log = logging.getLogger("pkgloader.access")
+
+# Generated request ids: unique per process start, then a counter (uuid4 per call costs an
+# os.urandom call on every RPC; these only need to be unique, not unguessable).
+_PROCESS_ID = uuid.uuid4().hex[:12]
+_SEQUENCE = itertools.count(1)
 
 #: Called once per finished RPC with (method, code name, seconds, the servicer's log fields).
 Observer = Callable[[str, str, float, dict[str, Any]], None]
@@ -119,7 +125,7 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         call = CallContext(metadata)
         request_id = metadata.get("x-request-id")
         if not isinstance(request_id, str) or not request_id or len(request_id) > 128:
-            request_id = uuid.uuid4().hex
+            request_id = f"{_PROCESS_ID}-{next(_SEQUENCE):x}"
         call.fields["request_id"] = request_id
         setattr(context, "pkgloader_call", call)  # noqa: B010 - the servicer adds its facts here
         return call
