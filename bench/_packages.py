@@ -18,7 +18,9 @@ from pathlib import Path
 import cbor2
 import zstandard
 
+# A protobuf varint is exactly ULEB128, the length prefix webc v1 uses.
 from bench._common import WABT, MiB
+from bench._common import varint as uleb128
 
 MAGIC = b"\x00webc001"
 HEAD = MAGIC + b"-" * 16 + bytes(256) + bytes(4) + bytes(1024)
@@ -30,18 +32,6 @@ class Built:
     path: Path
     sha256: str
     size: int
-
-
-def uleb128(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def u64(n: int) -> bytes:
