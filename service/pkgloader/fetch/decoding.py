@@ -17,6 +17,15 @@ import zstandard
 from pkgloader.errors import ContentDecodingError
 
 CHUNK = 1024 * 1024
+#: The most codings one response may list (`identity` included). Real servers send one; each
+#: coding is a layer of decoder, and thousands of them (1,500 x `identity`, 2,500 x `gzip`) nest
+#: generators past Python's recursion limit. Past the limit the response is refused like an
+#: unsupported coding.
+MAX_CODINGS = 8
+#: The largest zstd window we decode with (RFC 9659 sets 8 MiB for the `zstd` content coding).
+#: The decoder allocates the window the frame header asks for, up to 2 GiB; without a limit a
+#: 5 KB response with window_log 27 pins 128 MiB for as long as the download lasts.
+ZSTD_MAX_WINDOW = 8 * 1024 * 1024
 _PREFIX = "package download failed: could not decode response body"
 
 Decoder = Callable[[Iterable[bytes]], Iterator[bytes]]
@@ -36,6 +45,11 @@ def parse_content_encoding(raw: bytes | None) -> list[str]:
         raise _fail("non-utf8 content-encoding header") from None
     codings = [item.strip().lower() for item in text.split(",")]
     codings = [c for c in codings if c]
+    if len(codings) > MAX_CODINGS:
+        raise _fail(
+            f"unsupported content-encoding: {len(codings)} codings listed, more than the limit "
+            f"of {MAX_CODINGS}"
+        )
     for coding in codings:
         if coding not in _DECODERS:
             raise _fail(f"unsupported content-encoding: {coding}")
@@ -195,13 +209,18 @@ class _ChunkReader:
 
 def _unzstd(chunks: Iterable[bytes]) -> Iterator[bytes]:
     frames = _ZstdFrames()
-    reader = zstandard.ZstdDecompressor().stream_reader(
+    reader = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
         cast("IO[bytes]", _ChunkReader(chunks, frames)), read_size=CHUNK, read_across_frames=True
     )
     try:
         while out := reader.read(CHUNK):
             yield out
     except zstandard.ZstdError as exc:
+        if "too much memory" in str(exc):  # zstd's wording for a window over max_window_size
+            raise _fail(
+                "failed to decode response body: zstd: the frame's window is larger than the "
+                f"limit of {ZSTD_MAX_WINDOW >> 20} MiB (RFC 9659)"
+            ) from None
         raise _fail(f"failed to decode response body: zstd: {exc}") from None
     if not frames.complete:
         raise _fail("failed to decode response body: zstd stream is truncated")

@@ -152,11 +152,40 @@ def guarded_transport(policy: UpstreamPolicy, limits: httpx.Limits) -> httpx.HTT
     return transport
 
 
+#: NAT64's well-known prefix (RFC 6052): the last 32 bits are the IPv4 address reached.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _embedded(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address leads to: IPv4-mapped, 6to4 (2002::/16, RFC 3056),
+    Teredo (2001::/32, RFC 4380: server and de-obfuscated client) and NAT64 (64:ff9b::/96).
+    A relay or gateway on the path forwards such a packet to that IPv4 address, so it must pass
+    the same check as if it had been named directly."""
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address.teredo is not None:
+        return list(address.teredo)
+    if address in _NAT64:
+        return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
+    return []
+
+
 def _public(address: Address) -> bool:
-    """Globally routable unicast. Python counts multicast as global; we do not, and an
-    IPv4-mapped IPv6 address is judged as the IPv4 address it carries."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Globally routable unicast. Python counts multicast as global; we do not, and an IPv6
+    address that carries an IPv4 address (mapped, 6to4, Teredo, NAT64) is public only if every
+    IPv4 address it carries is."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = _embedded(address)
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        elif embedded:
+            return all(_public(inner) for inner in embedded) and _public_unicast(address)
+    return _public_unicast(address)
+
+
+def _public_unicast(address: Address) -> bool:
     return address.is_global and not (
         address.is_multicast or address.is_reserved or address.is_unspecified
     )

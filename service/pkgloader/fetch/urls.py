@@ -26,6 +26,9 @@ def parse_url(text: str) -> httpx.URL:
         )
     try:
         url = httpx.URL(text)
+        # httpx decodes an IDNA host (xn--...) only when `.host` is first read; a malformed
+        # A-label raises there (idna.IDNAError, a ValueError), so read it inside this check.
+        url.host  # noqa: B018
     except (httpx.InvalidURL, ValueError) as exc:
         raise InvalidUrl(f"webc_url is not a valid URL ({exc}): {shown!r}", url=shown) from None
     if url.scheme and url.scheme not in SCHEMES:
