@@ -77,7 +77,10 @@ def test_request_headers_match_the_reference_loader(
 def test_token_is_sent_only_to_its_authority(make_server, httpserver: HTTPServer) -> None:
     """A configured token goes to host:port it is configured for, as a Bearer header."""
     authority = f"127.0.0.1:{httpserver.port}"
-    server = make_server(tokens={authority: "s3cret-token", "other.example:1": "nope"})
+    server = make_server(
+        tokens={authority: "s3cret-token", "other.example:1": "nope"},
+        plaintext_token_authorities=(authority,),  # loopback http: allowed by name
+    )
     httpserver.expect_request("/pkg").respond_with_data(HELLO.data)
     server.load(httpserver.url_for("/pkg"), HELLO.sha256)
     assert httpserver.log[0][0].headers["Authorization"] == "Bearer s3cret-token"
@@ -91,7 +94,11 @@ def test_token_is_not_sent_after_a_redirect_to_another_authority(
     other.start()
     try:
         other.expect_request("/pkg").respond_with_data(HELLO.data)
-        server = make_server(tokens={f"127.0.0.1:{httpserver.port}": "first-host-token"})
+        first = f"127.0.0.1:{httpserver.port}"
+        server = make_server(
+            tokens={first: "first-host-token"},
+            plaintext_token_authorities=(first, f"127.0.0.1:{other.port}"),
+        )
         httpserver.expect_request("/start").respond_with_data(
             "", status=302, headers={"Location": other.url_for("/pkg")}
         )

@@ -91,7 +91,8 @@ def test_tokens_never_reach_logs_errors_or_metrics(
     """The upstream token appears in the request header only: not in logs, errors or metrics."""
     caplog.set_level(logging.DEBUG)
     token = "upstream-secret-4f1c9d"
-    server = make_server(tokens={f"127.0.0.1:{httpserver.port}": token})
+    authority = f"127.0.0.1:{httpserver.port}"
+    server = make_server(tokens={authority: token}, plaintext_token_authorities=(authority,))
     port = server.app.metrics.serve("127.0.0.1:0")
     httpserver.expect_request("/ok").respond_with_data(HELLO.data)
     httpserver.expect_request("/nope").respond_with_data("", status=403)

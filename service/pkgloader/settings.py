@@ -67,6 +67,16 @@ def _parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
+def _parse_authorities(text: str) -> tuple[str, ...]:
+    authorities = []
+    for item in _parse_list(text):
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ValueError(f"expected host:port entries, got {item!r}")
+        authorities.append(item.lower())
+    return tuple(authorities)
+
+
 def _parse_allow(text: str) -> tuple[str, ...]:
     from pkgloader.fetch.guard import UpstreamPolicy
 
@@ -196,6 +206,34 @@ class Settings:
     )
     grace_period: float = _setting(10.0, parse_seconds, "seconds in-flight calls get on shutdown")
     log_level: str = _setting("INFO", str.upper, "DEBUG, INFO, WARNING or ERROR")
+    # -- issue 10 (H3): stalled and abandoned downloads, tokens only over https --
+    min_transfer_bytes: int = _setting(
+        32 * 1024,
+        parse_size,
+        "a download receiving fewer bytes than this in any min_transfer_interval ends "
+        "UNAVAILABLE; 0: no minimum",
+    )
+    min_transfer_interval: float = _setting(
+        30.0, parse_seconds, "the window of min_transfer_bytes, seconds"
+    )
+    abandon_grace: float = _setting(
+        10.0,
+        parse_seconds,
+        "seconds a download goes on after its last waiting caller left; it stops unless a Load "
+        "joins it again by then",
+    )
+    foreign_lease_wait: float = _setting(
+        5.0,
+        parse_seconds,
+        "seconds to wait for another replica's download lease on the same hash from another URL "
+        "before downloading without it",
+    )
+    plaintext_token_authorities: tuple[str, ...] = _setting(
+        (),
+        _parse_authorities,
+        "comma-separated host:port allowed to get their upstream token over plain http "
+        "(tokens otherwise go only over https); empty by default",
+    )
     tokens: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     auth_tokens: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 

@@ -320,7 +320,10 @@ def test_authorization_follows_the_authority_not_the_chain(make_server, upstream
 
     box["a"] = upstream(first)
     box["b"] = upstream(lambda c: c.respond(307, b"", {"Location": box["a"].url("/final")}))
-    server = make_server(tokens={box["a"].authority: "token-for-a"})
+    server = make_server(
+        tokens={box["a"].authority: "token-for-a"},
+        plaintext_token_authorities=(box["a"].authority, box["b"].authority),
+    )
     assert server.load(box["a"].url("/start"), HELLO.sha256)[0].size == HELLO.size
     a_seen, b_seen = box["a"].seen, box["b"].seen
     assert [s.headers.get("authorization") for s in a_seen] == ["Bearer token-for-a"] * 2

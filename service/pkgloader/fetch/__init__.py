@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager
 import httpx
 
 from pkgloader.fetch.file import FileFetcher
-from pkgloader.fetch.http import HttpFetcher
+from pkgloader.fetch.http import FetchReport, HttpFetcher, MinRate
 from pkgloader.fetch.urls import parse_url
 
 
@@ -19,10 +19,16 @@ class Fetchers:
         self.http = http
         self.file = file
 
-    def open(self, url: httpx.URL) -> AbstractContextManager[Iterator[bytes]]:
+    def open(
+        self, url: httpx.URL, report: FetchReport | None = None
+    ) -> AbstractContextManager[Iterator[bytes]]:
         if url.scheme == "file":
+            if report is not None:
+                # The server's file roots are its standing as much as a token is: a file there
+                # (a hard link, say) may hold what the caller was never meant to learn.
+                report.credentialed = True
             return self.file.open(url)
-        return self.http.open(url)
+        return self.http.open(url, report)
 
 
-__all__ = ["Fetchers", "FileFetcher", "HttpFetcher", "parse_url"]
+__all__ = ["FetchReport", "Fetchers", "FileFetcher", "HttpFetcher", "MinRate", "parse_url"]
