@@ -22,7 +22,7 @@ from pkgloader_client import SERVICE_NAME
 from pkgloader import __version__
 from pkgloader.cache.disk import DiskCache
 from pkgloader.cache.memory import MemoryCache
-from pkgloader.fetch import Fetchers, FileFetcher, HttpFetcher
+from pkgloader.fetch import Fetchers, FileFetcher, HttpFetcher, MinRate
 from pkgloader.fetch.guard import UpstreamPolicy, guarded_transport
 from pkgloader.loader import PackageLoader, StoredPackage
 from pkgloader.maintenance import CacheMaintenance
@@ -108,6 +108,12 @@ def build(settings: Settings) -> App:
             tokens=settings.tokens,
             deadline=settings.download_timeout,
             guard=policy.check_url,
+            plaintext_token_authorities=settings.plaintext_token_authorities,
+            min_rate=(
+                MinRate(settings.min_transfer_bytes, settings.min_transfer_interval)
+                if settings.min_transfer_bytes
+                else None
+            ),
         ),
         FileFetcher(settings.file_roots),
     )
@@ -130,6 +136,8 @@ def build(settings: Settings) -> App:
         scratch_dir=Path(scratch.name) if scratch else None,
         lease_ttl=settings.lease_ttl,
         lease_wait=settings.download_timeout,
+        abandon_grace=settings.abandon_grace,
+        foreign_lease_wait=settings.foreign_lease_wait,
     )
     metrics = Metrics(loader, memory, disk)
     loader.events = metrics

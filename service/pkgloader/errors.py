@@ -103,15 +103,26 @@ class ContentDecodingError(FetchError):
 class HashMismatch(PkgloaderError):
     reason = "HASH_MISMATCH"
 
-    def __init__(self, *, expected: str, actual: str, source: str) -> None:
-        # The reference's wording, hashes in its uppercase Display form.
-        super().__init__(
-            f"image hash mismatch! expected hash '{expected.upper()}', but the computed hash is "
-            f"'{actual.upper()}' (source '{source}')",
-            expected_sha256=expected,
-            actual_sha256=actual,
-            source=source,
-        )
+    def __init__(self, *, expected: str, actual: str | None, source: str) -> None:
+        if actual is None:
+            # Withheld (see PackageLoader.load): the caller may not learn what the server's
+            # credentials or file roots fetched, not even its hash.
+            super().__init__(
+                f"image hash mismatch! expected hash '{expected.upper()}', but the computed hash "
+                f"differs (source '{source}'); the computed hash is withheld from non-admin "
+                "callers for sources the server reads with its own credentials or file roots",
+                expected_sha256=expected,
+                source=source,
+            )
+        else:
+            # The reference's wording, hashes in its uppercase Display form.
+            super().__init__(
+                f"image hash mismatch! expected hash '{expected.upper()}', but the computed hash "
+                f"is '{actual.upper()}' (source '{source}')",
+                expected_sha256=expected,
+                actual_sha256=actual,
+                source=source,
+            )
         self.expected = expected
         self.actual = actual
         self.source = source

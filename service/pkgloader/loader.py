@@ -7,13 +7,23 @@ This is the only place the tiers meet. The rules it keeps:
   and processes sharing the disk cache take a lease per package, so one replica downloads while
   the others wait for its file.
   The download runs on the loader's own thread pool, not on a caller's thread: a caller that
-  leaves does not cancel it, and it completes into the cache for whoever asks next.
+  leaves does not cancel it at once, and a caller that comes back (a retry with a short
+  deadline) finds it still going. But a download nobody waits for is given only
+  `abandon_grace` seconds more: if no caller has joined it again by then, it stops and frees
+  its slot. (A projection of the remaining time was considered and not used: the size is often
+  unknown, and a rate is easily faked by an upstream that bursts then stalls.)
+  A download whose upstream sends less than the minimum transfer rate ends UNAVAILABLE.
 - The download streams into a temp file while it is hashed; it is published under its name only
   if it hashes to that name *and* parses as a package. So the disk cache never holds a file whose
   name is not the sha256 of its bytes, whatever hash policy a caller chose.
 - The hash policy is applied per caller to the shared result: FAIL raises `HashMismatch`, WARN
   returns the content with a warning, NONE returns it silently; mismatching content is served
   from its unlinked temp file and never cached.
+- Except for a READER caller when the bytes were fetched with the server's own standing (an
+  upstream token went with a request of the chain, or a file root was read): then mismatching
+  content is never served, whatever the policy, and the computed hash is withheld. Otherwise
+  any reader could use the server's tokens as their own (fetch any URL of a token authority
+  under WARN or NONE), or learn the sha256 of any file a hard link in a file root names.
 - A package is parsed before any Load reports success.
 """
 
@@ -43,9 +53,9 @@ from pkgloader.errors import (
     PackageTooLarge,
     ResourceExhausted,
 )
-from pkgloader.fetch import Fetchers, parse_url
+from pkgloader.fetch import FetchReport, Fetchers, parse_url
 from pkgloader.hashes import WebcHash
-from pkgloader.policy import HashPolicy, Source
+from pkgloader.policy import CallerRole, HashPolicy, Source
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +98,8 @@ class LoadRequest:
     package_id: str = ""
     policy: HashPolicy | None = None  # None: the loader's default
     size_hint: int | None = None
+    #: Who asks (the RPC layer knows; the loader decides what a reader may learn).
+    role: CallerRole = CallerRole.ADMIN
 
 
 @dataclass
@@ -105,6 +117,18 @@ class _Download:
     package: StoredPackage | None
     parse_error: formats.FormatError | None
     source: Source = Source.DOWNLOAD
+    credentialed: bool = False  # see FetchReport: fetched with the server's token or file root
+
+
+class _Flight:
+    """One shared download in this process and the callers waiting for it."""
+
+    def __init__(self, key: tuple[str, str]) -> None:
+        self.key = key
+        self.future: concurrent.futures.Future[_Download] = concurrent.futures.Future()
+        self.report = FetchReport()
+        self.waiters = 0  # changed under PackageLoader._lock
+        self.idle_since = time.monotonic()  # when `waiters` last dropped to 0 (or creation)
 
 
 class PackageLoader:
@@ -121,6 +145,8 @@ class PackageLoader:
         scratch_dir: Path | None = None,
         lease_ttl: float = 30.0,
         lease_wait: float = 900.0,
+        abandon_grace: float = 10.0,
+        foreign_lease_wait: float = 5.0,
     ) -> None:
         self.fetchers = fetchers
         self.disk = disk
@@ -131,9 +157,13 @@ class PackageLoader:
         #: waiting for another replica's download gives up after `lease_wait` s.
         self.lease_ttl = lease_ttl
         self.lease_wait = lease_wait
+        #: A download nobody waits for stops after `abandon_grace` s; another replica's lease
+        #: for the same hash from another URL is waited for at most `foreign_lease_wait` s.
+        self.abandon_grace = abandon_grace
+        self.foreign_lease_wait = foreign_lease_wait
         self._pool = concurrent.futures.ThreadPoolExecutor(max_downloads, "download")
         self._max_flights = max_queued_downloads
-        self._flights: dict[tuple[str, str], concurrent.futures.Future[_Download]] = {}
+        self._flights: dict[tuple[str, str], _Flight] = {}
         self._lock = threading.Lock()
         # Without a disk cache, downloads still stream to a file (never whole into memory),
         # an unlinked one in a private folder.
@@ -144,6 +174,12 @@ class PackageLoader:
     @property
     def inflight(self) -> int:
         return len(self._flights)
+
+    @property
+    def waiting(self) -> int:
+        """Callers in this process waiting for a download."""
+        with self._lock:
+            return sum(flight.waiters for flight in self._flights.values())
 
     # -- Load ---------------------------------------------------------------------------------
 
@@ -180,10 +216,20 @@ class PackageLoader:
         download = self._await(self._flight(expected, str(url)), alive, timeout)
         warnings: list[str] = []
         if download.actual != expected.hex:
+            self.events.hash_mismatch()
+            if request.role is CallerRole.READER and download.credentialed:
+                log.warning(
+                    "image hash mismatch on a credentialed source; refused to a reader",
+                    extra={
+                        "expected": expected.hex,
+                        "actual": download.actual,
+                        "source": request.url,
+                    },
+                )
+                raise HashMismatch(expected=expected.hex, actual=None, source=request.url)
             mismatch = HashMismatch(
                 expected=expected.hex, actual=download.actual, source=request.url
             )
-            self.events.hash_mismatch()
             if policy is HashPolicy.FAIL:
                 raise mismatch
             if policy is HashPolicy.WARN:
@@ -225,81 +271,118 @@ class PackageLoader:
 
     # -- single flight ------------------------------------------------------------------------
 
-    def _flight(self, h: WebcHash, url: str) -> concurrent.futures.Future[_Download]:
+    def _flight(self, h: WebcHash, url: str) -> _Flight:
+        """The flight for (h, url), joined: the caller counts as its waiter until `_await`."""
         key = (h.hex, url)
         with self._lock:
-            future = self._flights.get(key)
-            if future is not None:
-                return future
+            flight = self._flights.get(key)
+            if flight is not None:
+                flight.waiters += 1
+                return flight
             if len(self._flights) >= self._max_flights:
                 raise ResourceExhausted(
                     f"too many downloads in progress ({len(self._flights)}); try again later",
                     limit=str(self._max_flights),
                 )
-            future = concurrent.futures.Future()
-            self._flights[key] = future
-        self._pool.submit(self._run_flight, key, future, h, url)
-        return future
+            flight = _Flight(key)
+            flight.waiters = 1
+            self._flights[key] = flight
+        self._pool.submit(self._run_flight, flight, h, url)
+        return flight
 
-    def _run_flight(
-        self,
-        key: tuple[str, str],
-        future: concurrent.futures.Future[_Download],
-        h: WebcHash,
-        url: str,
-    ) -> None:
+    def _run_flight(self, flight: _Flight, h: WebcHash, url: str) -> None:
         try:
-            result = self._fetch_once(h, url)
+            result = self._fetch_once(h, url, flight)
         except BaseException as exc:  # noqa: BLE001 - handed to every waiter
-            future.set_exception(exc)
+            flight.future.set_exception(exc)
         else:
-            future.set_result(result)
+            flight.future.set_result(result)
         finally:
             with self._lock:
-                self._flights.pop(key, None)
+                if self._flights.get(flight.key) is flight:
+                    del self._flights[flight.key]
 
-    def _fetch_once(self, h: WebcHash, url: str) -> _Download:
+    def _abandoned(self, flight: _Flight) -> bool:
+        """True once nobody has waited for `flight` for `abandon_grace` s. Then the flight is
+        also unlisted, under the same lock a caller joins it under: no caller can join a
+        flight that is stopping (a new Load starts a new one)."""
+        with self._lock:
+            if flight.waiters or time.monotonic() - flight.idle_since < self.abandon_grace:
+                return False
+            if self._flights.get(flight.key) is flight:
+                del self._flights[flight.key]
+            return True
+
+    def _check_wanted(self, flight: _Flight | None) -> None:
+        if flight is not None and self._abandoned(flight):
+            raise Cancelled(
+                f"download stopped: nobody waited for it for {self.abandon_grace:g}s"
+            )
+
+    def _fetch_once(self, h: WebcHash, url: str, flight: _Flight | None = None) -> _Download:
         """Download `h` unless another process of the shared cache does (or did) it already."""
         if self.disk is None:
-            return self._download(h, url)
-        lease = self.disk.await_or_lease(h, ttl=self.lease_ttl, timeout=self.lease_wait)
-        if lease is None:
-            stored = self._from_disk(h)
-            if stored is not None:
-                return _Download(h.hex, stored, None, Source.DISK)
-            return self._download(h, url)  # stored, then removed at once (Retain): fetch it
-        with lease:
-            return self._download(h, url)
+            result = self._download(h, url, flight)
+        else:
+            lease = self.disk.await_or_lease(
+                h,
+                ttl=self.lease_ttl,
+                timeout=self.lease_wait,
+                url=url,
+                foreign_wait=self.foreign_lease_wait,
+                give_up=None if flight is None else lambda: self._abandoned(flight),
+            )
+            if lease is None:
+                stored = self._from_disk(h)
+                if stored is not None:
+                    return _Download(h.hex, stored, None, Source.DISK)
+                # Stored, then removed at once (Retain): fetch it.
+                result = self._download(h, url, flight)
+            else:
+                with lease:
+                    result = self._download(h, url, flight)
+        if flight is not None:
+            result.credentialed = flight.report.credentialed
+        return result
 
-    @staticmethod
     def _await(
-        future: concurrent.futures.Future[_Download],
+        self,
+        flight: _Flight,
         alive: Callable[[], bool] | None,
         timeout: float | None,
     ) -> _Download:
-        """Wait for a shared download; give up (it goes on) when the caller leaves or times out."""
+        """Wait for a shared download; give up (it goes on a while) when the caller leaves or
+        times out. Leaves the flight's waiters on the way out, however it goes."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                return future.result(timeout=0.25)
-            except concurrent.futures.TimeoutError:
-                if alive is not None and not alive():
-                    raise Cancelled("the caller went away") from None
-                if deadline is not None and time.monotonic() > deadline:
-                    raise DeadlineExceeded(
-                        f"the download did not finish within the call's {timeout:.1f}s deadline; "
-                        "it continues, and a later Load will find it"
-                    ) from None
+        try:
+            while True:
+                try:
+                    return flight.future.result(timeout=0.25)
+                except concurrent.futures.TimeoutError:
+                    if alive is not None and not alive():
+                        raise Cancelled("the caller went away") from None
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise DeadlineExceeded(
+                            f"the download did not finish within the call's {timeout:.1f}s "
+                            f"deadline; it continues for {self.abandon_grace:g}s, and a Load "
+                            "within that time joins it"
+                        ) from None
+        finally:
+            with self._lock:
+                flight.waiters -= 1
+                if flight.waiters == 0:
+                    flight.idle_since = time.monotonic()
 
     # -- downloading --------------------------------------------------------------------------
 
-    def _download(self, h: WebcHash, url: str) -> _Download:
+    def _download(self, h: WebcHash, url: str, flight: _Flight | None = None) -> _Download:
         parsed = parse_url(url)
         spool = self._new_spool()
         started, ok = time.monotonic(), False
         try:
-            with self.fetchers.open(parsed) as chunks:
+            with self.fetchers.open(parsed, None if flight is None else flight.report) as chunks:
                 for chunk in chunks:
+                    self._check_wanted(flight)
                     spool.write(chunk)
             actual = spool.finish()
             mapped = spool.map()

@@ -26,3 +26,14 @@ class Source(enum.Enum):
     MEMORY = "memory"
     DISK = "disk"
     DOWNLOAD = "download"
+
+
+class CallerRole(enum.Enum):
+    """Who asks for a Load, as far as what it may learn is concerned.
+
+    ADMIN is also every caller of a server without client auth (PKGLOADER_AUTH_TOKENS_FILE
+    unset): such a server lets anyone do anything, admin-only calls included.
+    """
+
+    READER = "reader"
+    ADMIN = "admin"

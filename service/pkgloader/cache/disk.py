@@ -29,13 +29,13 @@ import re
 import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pkgloader.cache.lease import Lease, stale_lease, try_acquire
+from pkgloader.cache.lease import Lease, Unleased, holder_url, stale_lease, try_acquire
 from pkgloader.cache.spool import Spool
-from pkgloader.errors import CacheFull, UpstreamUnavailable
+from pkgloader.errors import CacheFull, Cancelled, UpstreamUnavailable
 from pkgloader.hashes import WebcHash
 
 log = logging.getLogger(__name__)
@@ -157,24 +157,45 @@ class DiskCache:
             spool.path = None
 
     def await_or_lease(
-        self, h: WebcHash, *, ttl: float, timeout: float, poll: float = 0.05
-    ) -> Lease | None:
+        self,
+        h: WebcHash,
+        *,
+        ttl: float,
+        timeout: float,
+        poll: float = 0.05,
+        url: str = "",
+        foreign_wait: float | None = None,
+        give_up: Callable[[], bool] | None = None,
+    ) -> Lease | Unleased | None:
         """The download lease for `h`, or None as soon as `h` is stored (by whoever holds it).
 
-        Waits while another live process holds the lease; takes it over once it is stale.
+        Waits while another live process holds the lease; takes it over once it is stale. A
+        lease held for another URL than `url` is waited for at most `foreign_wait` s (None: as
+        long as any), then `Unleased` says: download it yourself. `give_up()` true ends the
+        wait (nobody wants the download any more) with `Cancelled`.
         """
         path = self.temp / f"{h.hex}.lease"
         deadline = time.monotonic() + timeout
+        foreign_since: float | None = None
         while True:
             if self.contains(h):
                 return None
-            lease = try_acquire(path, ttl)
+            lease = try_acquire(path, ttl, url)
             if lease is not None:
                 if self.contains(h):  # stored between our look and our lease
                     lease.release()
                     return None
                 return lease
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if give_up is not None and give_up():
+                raise Cancelled(f"nobody waits for {h.hex} any more; stopped waiting for its lease")
+            if foreign_wait is not None and holder_url(path) != url:
+                foreign_since = now if foreign_since is None else foreign_since
+                if now - foreign_since >= foreign_wait:
+                    return Unleased()
+            else:
+                foreign_since = None
+            if now > deadline:
                 raise UpstreamUnavailable(
                     f"timed out after {timeout:.0f}s waiting for another replica to download "
                     f"{h.hex}",

@@ -6,6 +6,12 @@ older than `ttl` the holder is presumed dead (SIGKILL, a lost node) and the leas
 Plain files and mtimes, not POSIX locks, because they behave the same on every filesystem a PVC
 may be (NFS without lockd included).
 
+The lease file names the URL its holder downloads from. The in-process single flight is keyed by
+(hash, URL), the lease by the hash alone: a holder fetching the hash from a URL that is slow,
+stalled or simply wrong must not hold up a correct download of the same hash from another URL.
+So a waiter with a different URL waits a bounded time (`foreign_wait`) and then downloads
+without the lease (`Unleased`).
+
 Correctness never rests on a lease: publishing is atomic and content-addressed, so in the rare
 race where two processes both take over a stale lease, both download and both publish the same
 bytes. The lease only makes that the exception instead of the rule.
@@ -69,7 +75,30 @@ class Lease:
         self.release()
 
 
-def try_acquire(path: Path, ttl: float) -> Lease | None:
+class Unleased:
+    """Go ahead without the lease: another holder's download is not one we may wait for."""
+
+    def release(self) -> None:
+        pass
+
+    def __enter__(self) -> Unleased:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def holder_url(path: Path) -> str | None:
+    """The URL the holder of the lease at `path` downloads from; None if unknown or gone."""
+    try:
+        holder = json.loads(path.read_bytes() or b"{}")
+    except (OSError, ValueError):
+        return None
+    url = holder.get("url") if isinstance(holder, dict) else None
+    return url if isinstance(url, str) else None
+
+
+def try_acquire(path: Path, ttl: float, url: str = "") -> Lease | None:
     """Take the lease at `path` if it is free or stale; None if a live holder has it."""
     for _ in range(3):  # a takeover frees the name; try again right away
         try:
@@ -82,7 +111,12 @@ def try_acquire(path: Path, ttl: float) -> Lease | None:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # no inode left for the lease file
                 raise CacheFull("no space left on the cache volume") from None
             raise
-        holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": time.time(),
+            "url": url,
+        }
         with contextlib.suppress(OSError):
             os.write(fd, json.dumps(holder).encode())
         return Lease(path, fd, ttl)

@@ -20,7 +20,7 @@ from pkgloader.errors import InvalidRequest
 from pkgloader.hashes import WebcHash
 from pkgloader.loader import LoadRequest, LoadResult, PackageLoader, StoredPackage
 from pkgloader.maintenance import CacheMaintenance, RetainCriteria
-from pkgloader.policy import HashPolicy, Source
+from pkgloader.policy import CallerRole, HashPolicy, Source
 
 CHUNK = 1024 * 1024  # the contract: content chunks of at most 1 MiB
 SCAN_BATCH = 1000
@@ -62,6 +62,9 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
                 package_id=request.summary.package_id,
                 policy=_enum(_POLICIES, request.hash_validation, "hash_validation"),
                 size_hint=dist.webc_size if dist.HasField("webc_size") else None,
+                # The interceptor records the role when client auth is on; without it every
+                # caller may do anything, so each is ADMIN.
+                role=CallerRole.READER if log.get("role") == "reader" else CallerRole.ADMIN,
             ),
             alive=context.is_active,
             timeout=_timeout(context, self._call_timeout),
