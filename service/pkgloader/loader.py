@@ -53,7 +53,7 @@ from pkgloader.errors import (
     PackageTooLarge,
     ResourceExhausted,
 )
-from pkgloader.fetch import FetchReport, Fetchers, parse_url
+from pkgloader.fetch import Fetchers, FetchReport, parse_url
 from pkgloader.hashes import WebcHash
 from pkgloader.policy import CallerRole, HashPolicy, Source
 
