@@ -315,6 +315,10 @@ class PackageLoader:
 
     def _check_wanted(self, flight: _Flight | None) -> None:
         if flight is not None and self._abandoned(flight):
+            log.info(
+                "download abandoned",
+                extra={"sha256": flight.key[0], "url": flight.key[1], "grace": self.abandon_grace},
+            )
             raise Cancelled(
                 f"download stopped: nobody waited for it for {self.abandon_grace:g}s"
             )

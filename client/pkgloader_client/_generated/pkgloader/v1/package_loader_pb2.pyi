@@ -42,6 +42,18 @@ class _HashValidationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HashVa
 class HashValidation(_HashValidation, metaclass=_HashValidationEnumTypeWrapper):
     """How a Load checks the downloaded bytes against the expected sha256. The hash is always computed;
     content whose hash differs from the expected one is never stored in the cache, whatever the mode.
+
+    One exception protects what the server fetches with its own standing. When client auth is on
+    (PKGLOADER_AUTH_TOKENS_FILE) and the caller's role is `reader`, content whose hash differs is
+    never returned, whatever the mode, if it was fetched with the server's credentials: an upstream
+    token went with some request of the redirect chain (PKGLOADER_TOKENS_FILE), or it was read from
+    a file root (file://; a hard link there may name any file on the volume). Such a Load fails
+    with DATA_LOSS (HASH_MISMATCH) whose message and metadata omit the computed hash
+    (`actual_sha256` is absent). Otherwise a reader could read any URL of a token authority under
+    NONE or WARN, or learn any file's sha256 under FAIL. Admins, servers without client auth (where
+    every caller may do anything), and sources fetched without credentials keep the reference
+    behaviour and message (`image hash mismatch! expected hash '...', but the computed hash is
+    '...'`).
     """
 
 HASH_VALIDATION_UNSPECIFIED: HashValidation.ValueType  # 0
@@ -202,7 +214,10 @@ class LoadRequest(_message.Message):
     HASH_VALIDATION_FIELD_NUMBER: _builtins.int
     INCLUDE_CONTENT_FIELD_NUMBER: _builtins.int
     hash_validation: Global___HashValidation.ValueType
-    """How to treat a downloaded package whose hash differs from `summary.dist.webc_sha256`."""
+    """How to treat a downloaded package whose hash differs from `summary.dist.webc_sha256`
+    (for `reader` callers, content fetched with the server's credentials is never returned on a
+    mismatch: see HashValidation).
+    """
     include_content: _builtins.bool
     """Stream the package bytes after the metadata."""
     @_builtins.property
