@@ -325,6 +325,8 @@ class PackageLoader:
 
     def _fetch_once(self, h: WebcHash, url: str, flight: _Flight | None = None) -> _Download:
         """Download `h` unless another process of the shared cache does (or did) it already."""
+        # A flight queued for a download slot may have lost its callers while it waited.
+        self._check_wanted(flight)
         if self.disk is None:
             result = self._download(h, url, flight)
         else:
