@@ -17,8 +17,10 @@
     │   └── CacheFull                  CACHE_FULL
     ├── Cancelled                      the call was cancelled
     ├── DeadlineExceeded               the call's deadline passed
-    ├── ServiceUnavailable             the server cannot be reached (UNAVAILABLE, no ErrorInfo)
-    ├── InternalError                  INTERNAL, UNKNOWN and any code without a better class
+    ├── ServiceUnavailable             the server cannot be reached (UNAVAILABLE, no ErrorInfo),
+    │                                  or CACHE_BUSY: another replica is still downloading it
+    ├── InternalError                  INTERNAL, CACHE_ERROR, PUBLISH_REFUSED, UNKNOWN and any
+    │                                  code without a better class
     └── TransferError                  what arrived does not match the package's size or sha256
 
 Errors of the service carry a `google.rpc.ErrorInfo` (domain `pkgloader.wasmer.io`) whose reason
@@ -214,6 +216,10 @@ REASONS: dict[str, type[PkgloaderError]] = {
     "RESOURCE_EXHAUSTED": ResourceExhausted,
     "PACKAGE_TOO_LARGE": PackageTooLarge,
     "CACHE_FULL": CacheFull,
+    # Another replica is downloading the package and has not finished: retry, as for UNAVAILABLE.
+    "CACHE_BUSY": ServiceUnavailable,
+    "CACHE_ERROR": InternalError,
+    "PUBLISH_REFUSED": InternalError,
     "INTERNAL": InternalError,
 }
 

@@ -52,6 +52,9 @@ EXPECTED = {
     "RESOURCE_EXHAUSTED": pkgloader_client.ResourceExhausted,
     "PACKAGE_TOO_LARGE": pkgloader_client.PackageTooLarge,
     "CACHE_FULL": pkgloader_client.CacheFull,
+    "CACHE_BUSY": pkgloader_client.ServiceUnavailable,
+    "CACHE_ERROR": pkgloader_client.InternalError,
+    "PUBLISH_REFUSED": pkgloader_client.InternalError,
 }
 
 
