@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import grpc
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
-from pkgloader_client import (
+from pkgloader_client.server import (
     SERVICE_NAME,
     PackageLoaderServiceServicer,
     add_PackageLoaderServiceServicer_to_server,
