@@ -48,6 +48,7 @@ from pkgloader_client._generated.pkgloader.v1 import package_loader_pb2_grpc as 
 from pkgloader_client._generated.pkgloader.v1.package_loader_pb2_grpc import (
     PackageLoaderServiceStub,
 )
+from pkgloader_client._sizes import parse_size
 from pkgloader_client._models import (
     Atom,
     Binding,
@@ -113,6 +114,7 @@ __all__ = [
     "ValidationReport",
     "Volume",
     "__version__",
+    "parse_size",
     "pb",
     "pb_grpc",
 ]

@@ -110,6 +110,7 @@ def test_all_is_pinned() -> None:
         "ValidationReport",
         "Volume",
         "__version__",
+        "parse_size",
         "pb",
         "pb_grpc",
     ]
