@@ -48,7 +48,6 @@ from pkgloader_client._generated.pkgloader.v1 import package_loader_pb2_grpc as 
 from pkgloader_client._generated.pkgloader.v1.package_loader_pb2_grpc import (
     PackageLoaderServiceStub,
 )
-from pkgloader_client._sizes import parse_size
 from pkgloader_client._models import (
     Atom,
     Binding,
@@ -66,6 +65,7 @@ from pkgloader_client._models import (
     ValidationReport,
     Volume,
 )
+from pkgloader_client._sizes import parse_size
 from pkgloader_client._version import __version__
 
 __all__ = [

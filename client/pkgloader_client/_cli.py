@@ -202,7 +202,7 @@ def parser() -> argparse.ArgumentParser:
         "--max-total-bytes",
         type=_size,
         metavar="SIZE",
-        help="then remove least recently used entries until this fits (20G = 20*10^9 bytes, 16Gi = 16*2^30)",
+        help="then remove least recently used entries until this fits (20G = 20e9, 16Gi = 16*2^30)",
     )
     retain.add_argument("--dry-run", action="store_true", help="report, remove nothing")
 

@@ -31,7 +31,7 @@ classed by status code. `from_rpc_error` is the only place a `grpc.RpcError` is 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -267,7 +267,7 @@ def from_rpc_error(error: grpc.RpcError) -> PkgloaderError:
     # Both error kinds are also `grpc.Call`s; these accessors are synchronous on both.
     code: grpc.StatusCode = error.code()
     message: str = error.details() or code.name
-    info = error_info(error)
+    info = error_info(cast(grpc.Call, error))
     cls: type[PkgloaderError] | None = None
     if info is not None:
         cls = REASONS.get(info.reason)

@@ -88,13 +88,14 @@ class BatchingListener(logging.handlers.QueueListener):
     documented `dequeue` hook), and once more when it stops, so nothing queued is lost."""
 
     def dequeue(self, block: bool) -> logging.LogRecord:
+        records = cast("queue.SimpleQueue[logging.LogRecord]", self.queue)
         try:
-            return cast(logging.LogRecord, self.queue.get_nowait())
+            return records.get_nowait()
         except queue.Empty:
             pass
         for handler in self.handlers:
             handler.flush()
-        return cast(logging.LogRecord, self.queue.get(block))
+        return records.get(block)
 
     def stop(self) -> None:
         super().stop()

@@ -57,7 +57,8 @@ def test_a_spool_is_never_published_under_another_hash(disk: DiskCache) -> None:
             disk.publish(spool, OTHER)
         assert caught.value.metadata["actual_sha256"] == SHA.hex
         assert entry_names(disk) == []
-        assert spool.path is not None and spool.path.exists()
+        assert spool.path is not None
+        assert spool.path.exists()
     finally:
         disk.discard(spool)
     assert os.listdir(disk.temp) == []
@@ -117,7 +118,7 @@ def test_entry_file_paths_stay_in_the_folder(disk: DiskCache) -> None:
     """`file(name)` accepts only cache entry names, so maintenance can build no other path."""
     assert disk.file(f"{SHA.hex.upper()}.bin") == disk.root / f"{SHA.hex.upper()}.bin"
     for bad in ("../x.bin", f"{SHA.hex}.part", "__temp__", f"sub/{SHA.hex}.bin"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="not a cache file name"):
             disk.file(bad)
 
 
@@ -133,5 +134,5 @@ def test_job_markers_are_shared_through_the_temp_folder(tmp_path: Path) -> None:
         assert two.job_last_run("size-limit") is not None
     finally:
         lease.release()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a job name"):
         one.job_lease("../escape", ttl=60)

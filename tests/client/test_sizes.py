@@ -42,7 +42,7 @@ def test_the_cli_and_the_service_read_a_size_alike(text: str, expected: int) -> 
 @pytest.mark.parametrize("text", ["", "G", "-1", "1.5G", "12X", "1 0", "0x10", "1iB", "1Gb2"])
 def test_anything_else_is_refused_on_both_sides(text: str, capsys: pytest.CaptureFixture) -> None:
     """A malformed size is a usage error in the CLI and a configuration error in the service."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expected a byte count"):
         parse_size(text)
     with pytest.raises(SystemExit) as caught:
         _cli.parser().parse_args(["retain", "--max-total-bytes", text])

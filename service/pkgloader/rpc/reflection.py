@@ -9,11 +9,10 @@ Everything else (well-known types, health, reflection itself) comes from the poo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
-import grpc
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection
 
@@ -39,10 +38,12 @@ class CommentedReflection(reflection.ReflectionServicer):
         super().__init__(service_names)
         self._files = files
 
-    def ServerReflectionInfo(  # noqa: N802 - the generated RPC method name
-        self, request_iterator: Iterator[Any], context: grpc.ServicerContext
+    # The stubs (grpc-stubs) declare this generator as returning None; it yields responses.
+    def ServerReflectionInfo(  # type: ignore[override]
+        self, request_iterator: Iterable[Any], context: Any
     ) -> Iterator[Any]:
-        for response in super().ServerReflectionInfo(request_iterator, context):
+        responses = cast(Iterable[Any], super().ServerReflectionInfo(request_iterator, context))
+        for response in responses:
             yield self._with_comments(response)
 
     def _with_comments(self, response: Any) -> Any:
