@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# A protobuf varint is ULEB128: one encoder for the benchmarks, the tests and the service.
+from pkgloader.formats.writer import uleb128 as varint
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = (REPO.parent / "shared" / "fixtures" / "packages").resolve()
 OUT = REPO / "bench" / "out"
@@ -280,18 +283,6 @@ def collect(procs: list[subprocess.Popen[bytes]], timeout: float = 900) -> list[
 
 
 # -- protobuf by hand (so one raw-bytes client serves every server under test) -----------------
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def field_bytes(number: int, data: bytes) -> bytes:

@@ -12,70 +12,17 @@ import base64
 import hashlib
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import cbor2
 import zstandard
+from pkgloader.formats import writer
+from pkgloader.formats.writer import Content
+from pkgloader.formats.writer import Written as Built
 
-# A protobuf varint is exactly ULEB128, the length prefix webc v1 uses.
 from bench._common import WABT, MiB
-from bench._common import varint as uleb128
 
-MAGIC = b"\x00webc001"
-HEAD = MAGIC + b"-" * 16 + bytes(256) + bytes(4) + bytes(1024)
 _ALPHABET = bytes.maketrans(bytes(range(256)), bytes(b"abcdefghijklmnop"[i % 16] for i in range(256)))
-
-
-@dataclass(frozen=True)
-class Built:
-    path: Path
-    sha256: str
-    size: int
-
-
-def u64(n: int) -> bytes:
-    return n.to_bytes(8, "little")
-
-
-def _flat_blob_header(names_sizes: list[tuple[str, int]]) -> bytes:
-    """A v1 volume header with one level of files, laid out back to back in the data."""
-    entries = bytearray()
-    start = 0
-    for name, size in sorted(names_sizes):
-        raw = name.encode()
-        entries += len(raw).to_bytes(7, "little") + b"\x01" + u64(start) + u64(start + size) + raw
-        start += size
-    return u64(len(entries)) + bytes(entries)
-
-
-def _write_v1(
-    path: Path,
-    manifest: dict[str, object],
-    atoms: list[tuple[str, int, Callable[[], Iterator[bytes]]]],
-    volumes_raw: bytes,
-) -> Built:
-    header = _flat_blob_header([(n, s) for n, s, _ in atoms])
-    blob_len = len(uleb128(len(header))) + len(header) + sum(s for _, s, _ in atoms)
-    manifest_bytes = cbor2.dumps(manifest)
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "wb") as f:
-
-        def put(data: bytes) -> None:
-            nonlocal size
-            f.write(data)
-            digest.update(data)
-            size += len(data)
-
-        put(HEAD)
-        put(uleb128(len(manifest_bytes)) + manifest_bytes)
-        put(uleb128(blob_len) + uleb128(len(header)) + header)
-        for _, _, pieces in sorted(atoms, key=lambda a: a[0]):
-            for piece in pieces():
-                put(piece)
-        put(volumes_raw)
-    return Built(path, digest.hexdigest(), size)
 
 
 def _random_pieces(size: int, seed: int) -> Callable[[], Iterator[bytes]]:
@@ -114,23 +61,31 @@ def big_webc(directory: Path, size: int, *, seed: int = 1) -> Built:
         },
     }
     readme = b"a synthetic package for pkgloader's benchmarks\n"
-    volume_header = _flat_blob_header([("README", len(readme))])
-    blob = uleb128(len(volume_header)) + volume_header + readme
-    volumes = uleb128(4) + b"atom" + uleb128(len(blob)) + blob
-    return _write_v1(path, manifest, [("big", atom_size, pieces)], volumes)
+    pieces_of = writer.iter_v1(
+        manifest, {"big": Content(atom_size, pieces)}, {"atom": {"README": readme}}
+    )
+    return writer.write_file(path, pieces_of)
 
 
 def scaled_wabt(directory: Path, factor: int) -> Built:
     """wabt-1.0.37 with every atom `factor` times larger (its bytes repeated): the same shape —
     manifest, atom names, commands, volumes — with only the atom sizes changed."""
     data = WABT.read_bytes()
-    pos = 1308
+    pos = writer.V1_HEADER_SIZE
     manifest_len, pos = _read_uleb(data, pos)
     manifest = cbor2.loads(data[pos : pos + manifest_len])
     pos += manifest_len
     blob_len, pos = _read_uleb(data, pos)
     blob = data[pos : pos + blob_len]
-    volumes_raw = data[pos + blob_len :]
+    # The volumes are copied as they are: (name, encoded blob) pairs.
+    volumes: dict[str, bytes] = {}
+    vpos = pos + blob_len
+    while vpos < len(data):
+        name_len, vpos = _read_uleb(data, vpos)
+        name = data[vpos : vpos + name_len].decode()
+        size, vpos = _read_uleb(data, vpos + name_len)
+        volumes[name] = data[vpos : vpos + size]
+        vpos += size
     header_len, hpos = _read_uleb(blob, 0)
     header, atom_data = blob[hpos : hpos + header_len], blob[hpos + header_len :]
     level = int.from_bytes(header[:8], "little")
@@ -142,7 +97,7 @@ def scaled_wabt(directory: Path, factor: int) -> Built:
         name = header[i + 24 : i + 24 + name_len].decode()
         entries.append((name, atom_data[start:end]))
         i += 24 + name_len
-    atoms = []
+    atoms = {}
     for name, content in entries:
         grown = content * factor
 
@@ -150,10 +105,11 @@ def scaled_wabt(directory: Path, factor: int) -> Built:
             for k in range(0, len(grown), MiB):
                 yield grown[k : k + MiB]
 
-        atoms.append((name, len(grown), pieces))
+        atoms[name] = Content(len(grown), pieces)
         manifest["atoms"][name]["signature"] = _signature(pieces)
     directory.mkdir(parents=True, exist_ok=True)
-    return _write_v1(directory / f"wabt-x{factor}.webc", manifest, atoms, volumes_raw)
+    path = directory / f"wabt-x{factor}.webc"
+    return writer.write_file(path, writer.iter_v1(manifest, atoms, volumes))
 
 
 def _read_uleb(data: bytes, pos: int) -> tuple[int, int]:

@@ -166,16 +166,16 @@ def test_start_up_never_lists_the_cache(tmp_path, monkeypatch) -> None:
     assert scans == []
 
 
-def test_queued_log_handler_writes_every_line_in_order_and_drains_on_flush(tmp_path) -> None:
-    """Records logged from many threads all arrive, in per-thread order, once flush() returns."""
+def test_queued_log_handler_writes_every_line_in_order_and_drains_on_close(tmp_path) -> None:
+    """Records logged from many threads all arrive as JSON lines, in per-thread order, once
+    close() returns (it stops logging's QueueListener, which drains the queue first)."""
     import io
     import threading
 
-    from pkgloader.logs import JsonFormatter, QueuedJsonHandler
+    from pkgloader.logs import JsonFormatter, RecordQueueHandler
 
     stream = io.StringIO()
-    handler = QueuedJsonHandler(stream)
-    handler.setFormatter(JsonFormatter())
+    handler = RecordQueueHandler(stream, JsonFormatter())
     logger = logging.getLogger("pkgloader.test-queued")
     logger.propagate = False
     logger.addHandler(handler)
@@ -191,12 +191,56 @@ def test_queued_log_handler_writes_every_line_in_order_and_drains_on_flush(tmp_p
             thread.start()
         for thread in threads:
             thread.join()
-        handler.flush()
-        entries = [json.loads(line) for line in stream.getvalue().splitlines()]
-        assert len(entries) == 8 * 500
-        for n in range(8):
-            assert [e["seq"] for e in entries if e["worker"] == n] == list(range(500))
     finally:
         logger.removeHandler(handler)
         handler.close()
-    assert not handler._writer.is_alive()
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(entries) == 8 * 500
+    for n in range(8):
+        assert [e["seq"] for e in entries if e["worker"] == n] == list(range(500))
+    handler.close()  # a second close (logging.shutdown after ours) is harmless
+
+
+def test_log_lines_are_written_in_batches_off_the_logging_thread() -> None:
+    """The calling thread only queues; the listener's thread writes, several lines per write()
+    when they pile up, and never more than max_lines at once (only the last batch, at close(),
+    is written by the thread that closes)."""
+    import io
+    import threading
+
+    from pkgloader.logs import JsonFormatter, RecordQueueHandler
+
+    class Recording(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes: list[tuple[str, int]] = []
+            self.first = threading.Event()
+            self.go_on = threading.Event()
+
+        def write(self, text: str) -> int:
+            self.writes.append((threading.current_thread().name, text.count("\n")))
+            self.first.set()
+            self.go_on.wait(30)  # hold the writer so the next lines pile up in the queue
+            return super().write(text)
+
+    stream = Recording()
+    handler = RecordQueueHandler(stream, JsonFormatter())
+    handler.writer.max_lines = 100
+    logger = logging.getLogger("pkgloader.test-batches")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("first")
+        assert stream.first.wait(30)
+        for i in range(250):
+            logger.info("piled up", extra={"seq": i})
+        stream.go_on.set()
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert all(name != threading.current_thread().name for name, _ in stream.writes[:-1])
+    assert stream.writes[0][1] == 1
+    assert sum(n for _, n in stream.writes) == 251
+    assert max(n for _, n in stream.writes) == 100
+    assert len(stream.writes) <= 1 + 3 + 1

@@ -459,7 +459,7 @@ def test_oversized_requests_are_refused(make_server) -> None:
 
 
 def test_guarded_transport_is_what_the_client_uses(tmp_path: Path) -> None:
-    """The SSRF guard hooks httpx's private pool; if an httpx upgrade drops it, this fails."""
+    """The client the app builds goes through GuardedTransport: loopback is refused by default."""
     app = app_module.build(test_settings(tmp_path, upstream_allow=()))
     try:
         with pytest.raises(UpstreamBlocked):

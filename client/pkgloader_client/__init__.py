@@ -8,7 +8,8 @@
 
 `PackageLoaderClient` / `AsyncPackageLoaderClient` are the hand-written layer: typed results and
 one exception tree. The generated modules are here too, under clear names (`pb`, `pb_grpc`,
-`PackageLoaderServiceStub`, ...), for callers who want the raw contract.
+`PackageLoaderServiceStub`, ...), for callers who want the raw contract. What a server needs (the
+servicer base class and its registration) is in `pkgloader_client.server`, not here.
 """
 
 from pkgloader_client._aio import AsyncPackageLoaderClient
@@ -45,9 +46,7 @@ from pkgloader_client._errors import (
 from pkgloader_client._generated.pkgloader.v1 import package_loader_pb2 as pb
 from pkgloader_client._generated.pkgloader.v1 import package_loader_pb2_grpc as pb_grpc
 from pkgloader_client._generated.pkgloader.v1.package_loader_pb2_grpc import (
-    PackageLoaderServiceServicer,
     PackageLoaderServiceStub,
-    add_PackageLoaderServiceServicer_to_server,
 )
 from pkgloader_client._models import (
     Atom,
@@ -66,6 +65,7 @@ from pkgloader_client._models import (
     ValidationReport,
     Volume,
 )
+from pkgloader_client._sizes import parse_size
 from pkgloader_client._version import __version__
 
 __all__ = [
@@ -96,7 +96,6 @@ __all__ = [
     "NoDiskCache",
     "Package",
     "PackageLoaderClient",
-    "PackageLoaderServiceServicer",
     "PackageLoaderServiceStub",
     "PackageNotFound",
     "PackageTooLarge",
@@ -115,7 +114,7 @@ __all__ = [
     "ValidationReport",
     "Volume",
     "__version__",
-    "add_PackageLoaderServiceServicer_to_server",
+    "parse_size",
     "pb",
     "pb_grpc",
 ]

@@ -50,6 +50,7 @@ from pkgloader_client._errors import (
     UpstreamUnavailable,
 )
 from pkgloader_client._models import Package, ServingStatus
+from pkgloader_client._sizes import parse_size
 from pkgloader_client._version import __version__
 
 PROG = "pkgloader-client"
@@ -106,13 +107,10 @@ def _duration(text: str) -> float:
 
 
 def _size(text: str) -> int:
-    units = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-    match = re.match(r"^\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*$", text, re.IGNORECASE)
-    if not match:
-        raise argparse.ArgumentTypeError(
-            f"expected a size such as 1048576, 512M or 2G, got {text!r}"
-        )
-    return int(match.group(1)) * units[match.group(2).lower()]
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _human(size: int) -> str:
@@ -204,7 +202,7 @@ def parser() -> argparse.ArgumentParser:
         "--max-total-bytes",
         type=_size,
         metavar="SIZE",
-        help="then remove least recently used entries until this fits (512M, 2G)",
+        help="then remove least recently used entries until this fits (20G = 20e9, 16Gi = 16*2^30)",
     )
     retain.add_argument("--dry-run", action="store_true", help="report, remove nothing")
 

@@ -17,8 +17,10 @@
     │   └── CacheFull                  CACHE_FULL
     ├── Cancelled                      the call was cancelled
     ├── DeadlineExceeded               the call's deadline passed
-    ├── ServiceUnavailable             the server cannot be reached (UNAVAILABLE, no ErrorInfo)
-    ├── InternalError                  INTERNAL, UNKNOWN and any code without a better class
+    ├── ServiceUnavailable             the server cannot be reached (UNAVAILABLE, no ErrorInfo),
+    │                                  or CACHE_BUSY: another replica is still downloading it
+    ├── InternalError                  INTERNAL, CACHE_ERROR, PUBLISH_REFUSED, UNKNOWN and any
+    │                                  code without a better class
     └── TransferError                  what arrived does not match the package's size or sha256
 
 Errors of the service carry a `google.rpc.ErrorInfo` (domain `pkgloader.wasmer.io`) whose reason
@@ -29,13 +31,14 @@ classed by status code. `from_rpc_error` is the only place a `grpc.RpcError` is 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar, cast
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 DOMAIN = "pkgloader.wasmer.io"
-_DETAILS_KEY = "grpc-status-details-bin"
 
 
 class PkgloaderError(Exception):
@@ -214,6 +217,10 @@ REASONS: dict[str, type[PkgloaderError]] = {
     "RESOURCE_EXHAUSTED": ResourceExhausted,
     "PACKAGE_TOO_LARGE": PackageTooLarge,
     "CACHE_FULL": CacheFull,
+    # Another replica is downloading the package and has not finished: retry, as for UNAVAILABLE.
+    "CACHE_BUSY": ServiceUnavailable,
+    "CACHE_ERROR": InternalError,
+    "PUBLISH_REFUSED": InternalError,
     "INTERNAL": InternalError,
 }
 
@@ -238,20 +245,20 @@ CODES: dict[grpc.StatusCode, type[PkgloaderError]] = {
 }
 
 
-def error_info(trailing_metadata: Any) -> error_details_pb2.ErrorInfo | None:
-    """The pkgloader ErrorInfo in a call's trailing metadata, if there is one."""
-    for key, value in trailing_metadata or ():
-        if key != _DETAILS_KEY or not isinstance(value, bytes):
-            continue
-        status = status_pb2.Status()
-        try:
-            status.ParseFromString(value)
-        except Exception:  # noqa: BLE001 - a malformed detail from a proxy is no detail at all
-            return None
-        for detail in status.details:
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info) and info.domain == DOMAIN:
-                return info
+def error_info(call: grpc.Call) -> error_details_pb2.ErrorInfo | None:
+    """The pkgloader ErrorInfo among a failed call's `google.rpc.Status` details, if any."""
+    try:
+        status = rpc_status.from_call(call)
+    except (ValueError, DecodeError):
+        # Undecodable, or its code/message differ from the call's: a proxy rewrote the status,
+        # so its details are not the server's. Class the error by its code alone.
+        return None
+    if status is None:
+        return None
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Is(info.DESCRIPTOR) and detail.Unpack(info) and info.domain == DOMAIN:
+            return info
     return None
 
 
@@ -260,7 +267,7 @@ def from_rpc_error(error: grpc.RpcError) -> PkgloaderError:
     # Both error kinds are also `grpc.Call`s; these accessors are synchronous on both.
     code: grpc.StatusCode = error.code()
     message: str = error.details() or code.name
-    info = error_info(error.trailing_metadata())
+    info = error_info(cast(grpc.Call, error))
     cls: type[PkgloaderError] | None = None
     if info is not None:
         cls = REASONS.get(info.reason)

@@ -23,7 +23,8 @@ from pkgloader import __version__
 from pkgloader.cache.disk import DiskCache
 from pkgloader.cache.memory import MemoryCache
 from pkgloader.fetch import Fetchers, FileFetcher, HttpFetcher, MinRate
-from pkgloader.fetch.guard import UpstreamPolicy, guarded_transport
+from pkgloader.fetch.guard import UpstreamPolicy
+from pkgloader.fetch.transport import GuardedTransport
 from pkgloader.loader import PackageLoader, StoredPackage
 from pkgloader.maintenance import CacheMaintenance
 from pkgloader.metrics import Metrics
@@ -97,7 +98,7 @@ def build(settings: Settings) -> App:
     )
     http = httpx.Client(
         timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
-        transport=guarded_transport(policy, limits),
+        transport=GuardedTransport(policy, limits),
         follow_redirects=False,  # HttpFetcher follows them itself, checking every hop
         trust_env=False,  # no proxy or netrc from the environment: tokens come from one file
     )

@@ -15,6 +15,9 @@
     │   ├── UpstreamRejected         any other 4xx
     │   ├── UpstreamUnavailable      5xx, connection failure, timeout
     │   └── ContentDecodingError     Content-Encoding missing, unknown, or corrupt
+    ├── CacheError                   the disk cache could not store or hand over a package
+    │   ├── CacheBusy                another replica held the package's download lease too long
+    │   └── PublishRefused           a temp file whose size or sha256 is not its name's (a bug)
     ├── HashMismatch                 the bytes do not hash to the expected sha256
     ├── InvalidPackage               the bytes are not a package that parses
     ├── Cancelled                    the caller went away (nobody reads it; logged only)
@@ -98,6 +101,18 @@ class UpstreamUnavailable(FetchError):
 
 class ContentDecodingError(FetchError):
     reason = "CONTENT_DECODING"
+
+
+class CacheError(PkgloaderError):
+    reason = "CACHE_ERROR"
+
+
+class CacheBusy(CacheError):
+    reason = "CACHE_BUSY"
+
+
+class PublishRefused(CacheError):
+    reason = "PUBLISH_REFUSED"
 
 
 class HashMismatch(PkgloaderError):

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 from pkgloader import formats
 from pkgloader.cache.disk import DiskCache, Entry
-from pkgloader.cache.lease import try_acquire
 from pkgloader.cache.memory import MemoryCache
 from pkgloader.errors import NoDiskCache
 from pkgloader.hashes import WebcHash
@@ -174,17 +173,14 @@ class CacheMaintenance:
         None when it was not this replica's turn.
         """
         disk = self._require_disk("enforce a size limit")
-        lease = try_acquire(disk.temp / "size-limit.lease", lease_ttl)
+        lease = disk.job_lease("size-limit", lease_ttl)
         if lease is None:
             return None
         with lease:
-            marker = disk.temp / "size-limit.last"
-            try:
-                if time.time() - marker.stat().st_mtime < interval * 0.5:
-                    return None
-            except FileNotFoundError:
-                pass
-            marker.touch()
+            last = disk.job_last_run("size-limit")
+            if last is not None and time.time() - last < interval * 0.5:
+                return None
+            disk.mark_job_run("size-limit")
             total = sum(entry.size for entry in disk.entries())
             if total <= max_bytes:
                 return RetainOutcome(kept_bytes=total)
@@ -213,7 +209,7 @@ class CacheMaintenance:
 
 def _deep_check(disk: DiskCache, name: str) -> list[str]:
     try:
-        container = formats.open_package(disk.root / name)
+        container = formats.open_package(disk.file(name))
     except formats.FormatError as exc:
         return [str(exc)]
     except FileNotFoundError:

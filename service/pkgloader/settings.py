@@ -8,41 +8,21 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from pkgloader_client import parse_size
 
 from pkgloader.policy import HashPolicy
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
-_UNITS = {
-    "": 1,
-    "k": 10**3,
-    "m": 10**6,
-    "g": 10**9,
-    "t": 10**12,
-    "ki": 2**10,
-    "mi": 2**20,
-    "gi": 2**30,
-    "ti": 2**40,
-}
-
 
 class SettingsError(ValueError):
     """A configuration value is missing or malformed."""
-
-
-def parse_size(text: str) -> int:
-    """`1048576`, `512Mi`, `2G`, `64KiB` → bytes."""
-    match = _SIZE.match(text)
-    if not match:
-        raise ValueError(f"expected a byte count such as 1048576, 512Mi or 2G, got {text!r}")
-    return int(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
 
 
 def parse_seconds(text: str) -> float:

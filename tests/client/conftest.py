@@ -24,7 +24,8 @@ from pkgloader import app as app_module
 from pkgloader import errors
 from pkgloader.rpc.interceptors import CallInterceptor
 from pkgloader.rpc.servicer import PackageLoaderServicer
-from pkgloader_client import add_PackageLoaderServiceServicer_to_server, pb
+from pkgloader_client import pb
+from pkgloader_client.server import add_PackageLoaderServiceServicer_to_server
 
 from tests.conftest import REPO, test_settings
 

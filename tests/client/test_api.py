@@ -52,6 +52,9 @@ EXPECTED = {
     "RESOURCE_EXHAUSTED": pkgloader_client.ResourceExhausted,
     "PACKAGE_TOO_LARGE": pkgloader_client.PackageTooLarge,
     "CACHE_FULL": pkgloader_client.CacheFull,
+    "CACHE_BUSY": pkgloader_client.ServiceUnavailable,
+    "CACHE_ERROR": pkgloader_client.InternalError,
+    "PUBLISH_REFUSED": pkgloader_client.InternalError,
 }
 
 
@@ -89,7 +92,6 @@ def test_all_is_pinned() -> None:
         "NoDiskCache",
         "Package",
         "PackageLoaderClient",
-        "PackageLoaderServiceServicer",
         "PackageLoaderServiceStub",
         "PackageNotFound",
         "PackageTooLarge",
@@ -108,11 +110,28 @@ def test_all_is_pinned() -> None:
         "ValidationReport",
         "Volume",
         "__version__",
-        "add_PackageLoaderServiceServicer_to_server",
+        "parse_size",
         "pb",
         "pb_grpc",
     ]
     assert all(hasattr(pkgloader_client, name) for name in pkgloader_client.__all__)
+
+
+def test_server_symbols_have_their_own_import_path() -> None:
+    """The servicer base and its registration are in `pkgloader_client.server`, pinned there,
+    and are not client API: `pkgloader_client` neither lists nor has them."""
+    from pkgloader_client import server
+
+    assert server.__all__ == [
+        "SERVICE_NAME",
+        "PackageLoaderServiceServicer",
+        "add_PackageLoaderServiceServicer_to_server",
+        "pb",
+    ]
+    assert all(hasattr(server, name) for name in server.__all__)
+    for name in ("PackageLoaderServiceServicer", "add_PackageLoaderServiceServicer_to_server"):
+        assert name not in pkgloader_client.__all__
+        assert not hasattr(pkgloader_client, name)
 
 
 def test_both_distributions_carry_the_version_in_client_version() -> None:
@@ -179,10 +198,11 @@ def test_exit_codes_are_documented_in_the_readme() -> None:
 
 
 def test_the_hand_written_modules_are_private() -> None:
-    """Everything but the package itself, __main__ and the generated stubs is a _module."""
+    """Everything but the package itself, __main__, the generated stubs and `server` (the
+    contract's server side, a deliberate second import path) is a _module."""
     public = [
         p.name
         for p in Path(CLIENT).glob("*.py")
-        if not p.name.startswith("_") and p.name != "__init__.py"
+        if not p.name.startswith("_") and p.name not in ("__init__.py", "server.py")
     ]
     assert public == []

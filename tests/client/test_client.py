@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
 from pkgloader import app as app_module
 from pkgloader import errors
 from pkgloader_client import (
@@ -271,6 +275,63 @@ def test_token_is_sent_as_bearer_metadata(tmp_path: Path) -> None:
             anonymous.scan()
     assert gate.seen == ["Bearer s3cret", "Bearer s3cret", None]
     assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+class RewritesStatus(grpc.ServerInterceptor):
+    """A gateway that answers every call itself: UNAVAILABLE, with the given status details."""
+
+    def __init__(self, details: bytes) -> None:
+        self.details = details
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = continuation(details)
+
+        def answer(request: Any, context: grpc.ServicerContext) -> Any:
+            context.set_trailing_metadata([("grpc-status-details-bin", self.details)])
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is down")
+
+        return grpc.unary_unary_rpc_method_handler(
+            answer, handler.request_deserializer, handler.response_serializer
+        )
+
+
+def _status_bytes(code: grpc.StatusCode, message: str, reason: str) -> bytes:
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="pkgloader.wasmer.io"))
+    return status_pb2.Status(
+        code=code.value[0], message=message, details=[detail]
+    ).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        pytest.param(b"\xff\xffnot a Status", id="undecodable"),
+        pytest.param(
+            _status_bytes(grpc.StatusCode.DATA_LOSS, "the gateway is down", "HASH_MISMATCH"),
+            id="code-disagrees",
+        ),
+        pytest.param(
+            _status_bytes(grpc.StatusCode.UNAVAILABLE, "another message", "HASH_MISMATCH"),
+            id="message-disagrees",
+        ),
+    ],
+)
+def test_status_details_that_do_not_match_the_call_are_ignored(
+    tmp_path: Path, details: bytes
+) -> None:
+    """grpcio-status decodes the details: ones that do not decode, or whose code or message
+    differ from the call's (rewritten by a proxy), are no ErrorInfo; the code classes it."""
+    with (
+        custom_server(tmp_path, interceptors=(RewritesStatus(details),)) as srv,
+        PackageLoaderClient(srv.address) as client,
+        pytest.raises(ServiceUnavailable) as caught,
+    ):
+        client.evict([HELLO.sha256])
+    assert caught.value.reason == ""
+    assert caught.value.message == "the gateway is down"
 
 
 def test_tls_with_a_private_ca_and_a_client_certificate(tmp_path: Path, pki: Pki) -> None:

@@ -43,7 +43,8 @@ def buf() -> str:
 
 @needs_x86_64
 def test_grpcurl_lists_and_describes_through_reflection(server: Running, grpcurl: str) -> None:
-    """Through reflection alone, grpcurl lists the service and health and describes every RPC."""
+    """Through reflection alone, grpcurl lists the service and health and describes every RPC,
+    with the proto's comments."""
     listed = run([grpcurl, "-plaintext", server.address, "list"])
     assert listed.returncode == 0, listed.stderr
     assert set(listed.stdout.split()) >= {SERVICE, "grpc.health.v1.Health"}
@@ -52,9 +53,10 @@ def test_grpcurl_lists_and_describes_through_reflection(server: Running, grpcurl
     for rpc in ("Load", "ValidateCache", "Scan", "Retain", "Evict"):
         assert f"rpc {rpc} (" in described.stdout
     assert "returns ( stream .pkgloader.v1.LoadResponse )" in described.stdout
+    # The proto's comments too: reflection serves our file with its source info (the
+    # descriptors compiled into Python modules have none; see pkgloader/rpc/reflection.py).
+    assert "Loads packages for other services" in described.stdout
     message = run([grpcurl, "-plaintext", server.address, "describe", "pkgloader.v1.Package"])
-    # Fields by name and number. (Not the proto comments: protoc's Python output drops source
-    # info, so a Python server's reflection serves descriptors without them.)
     assert "Source source = 3;" in message.stdout
 
 

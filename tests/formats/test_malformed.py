@@ -17,8 +17,8 @@ from pkgloader.formats import (
     detect,
     open_package,
 )
+from pkgloader.formats import writer as w
 
-from . import _writers as w
 from ._helpers import COWSAY, open_and_exercise
 
 # ------------------------------------------------------------------------- detection

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pkgloader.formats import Container, DirEntry, open_package
+from pkgloader.formats import writer as w
 
-from . import _writers as w
 from ._helpers import HELLO, WEBSERVER
 
 EMPTY = hashlib.sha256(b"").hexdigest()

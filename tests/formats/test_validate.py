@@ -7,8 +7,8 @@ import hashlib
 
 import cbor2
 from pkgloader.formats import open_package
+from pkgloader.formats import writer as w
 
-from . import _writers as w
 from ._helpers import DASH, WABT, WEBSERVER
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from pkgloader.cache.lease import Lease, Unleased, holder_url, stale_lease, try_acquire
 from pkgloader.cache.spool import Spool
-from pkgloader.errors import CacheFull, Cancelled, UpstreamUnavailable
+from pkgloader.errors import CacheBusy, CacheFull, Cancelled, PublishRefused
 from pkgloader.hashes import WebcHash
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,31 @@ class DiskCache:
 
     def path(self, h: WebcHash) -> Path:
         return self.root / self.name(h)
+
+    def file(self, name: str) -> Path:
+        """The path of the cache file `name`; only names a cache entry can have are accepted
+        (`<64 hex, any case>.bin`, as ValidateCache checks them), so no path leaves the folder."""
+        if not _ANY_CASE_ENTRY.match(name):
+            raise ValueError(f"not a cache file name: {name!r}")
+        return self.root / name
+
+    # -- coordination between replicas --------------------------------------------------------
+
+    def job_lease(self, job: str, ttl: float) -> Lease | None:
+        """The lease for a periodic job shared by every replica (`__temp__/<job>.lease`), or
+        None while another live process holds it."""
+        return try_acquire(self.temp / f"{_job(job)}.lease", ttl)
+
+    def job_last_run(self, job: str) -> float | None:
+        """When `job` was last marked done by any replica (seconds since the epoch), or None."""
+        try:
+            return (self.temp / f"{_job(job)}.last").stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def mark_job_run(self, job: str) -> None:
+        """Record that `job` runs now (a marker file's mtime); call it under `job_lease`."""
+        (self.temp / f"{_job(job)}.last").touch()
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -134,10 +159,32 @@ class DiskCache:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return Spool(fd, path, max_bytes)
 
-    def publish(self, spool: Spool, h: WebcHash) -> str | None:
-        """Move a finished, verified spool to its final name. Returns the name, or None when
-        a folder someone made at that name blocks it (the package is then served, not kept)."""
+    def publish(self, spool: Spool, h: WebcHash, *, size: int | None = None) -> str | None:
+        """Move a finished spool to its final name. Returns the name, or None when a folder
+        someone made at that name blocks it (the package is then served, not kept).
+
+        The promise of this module, kept here and not left to the caller (as bazel-remote's
+        `Put` checks the digest itself): a spool is published only when it is finished
+        (fsynced), its sha256 is `h`, the file holds exactly the bytes counted into it, and,
+        when the caller knows it, that is `size` bytes. Anything else raises `PublishRefused`
+        and leaves the spool where it is, for the caller's `discard`.
+        """
         assert spool.path is not None
+        on_disk = os.fstat(spool.fd).st_size
+        if spool.sha256 is None:
+            raise PublishRefused("refusing to publish a temp file that is not finished")
+        if spool.sha256 != h.hex:
+            raise PublishRefused(
+                f"refusing to publish {spool.sha256} under the name of {h.hex}",
+                expected_sha256=h.hex,
+                actual_sha256=spool.sha256,
+            )
+        if on_disk != spool.size or (size is not None and size != spool.size):
+            raise PublishRefused(
+                f"refusing to publish {h.hex}: {on_disk} bytes on disk, {spool.size} written"
+                + ("" if size is None else f", {size} expected"),
+                sha256=h.hex,
+            )
         final = self.path(h)
         try:
             os.replace(spool.path, final)
@@ -196,7 +243,7 @@ class DiskCache:
             else:
                 foreign_since = None
             if now > deadline:
-                raise UpstreamUnavailable(
+                raise CacheBusy(
                     f"timed out after {timeout:.0f}s waiting for another replica to download "
                     f"{h.hex}",
                     sha256=h.hex,
@@ -298,6 +345,13 @@ class DiskCache:
                 return hashlib.sha256(mapped).hexdigest()
         finally:
             os.close(fd)
+
+
+def _job(job: str) -> str:
+    """A job name is part of a file name in `__temp__/`: keep it to a plain word."""
+    if not re.fullmatch(r"[a-z][a-z0-9-]*", job):
+        raise ValueError(f"not a job name: {job!r}")
+    return job
 
 
 def _fsync_dir(path: Path) -> None:

@@ -28,6 +28,8 @@ class Spool:
         self.fd = fd
         self.path = path  # None: already unlinked (memory-only mode)
         self.size = 0
+        #: The sha256 hex of the content, set by `finish` (None until then).
+        self.sha256: str | None = None
         self._max = max_bytes
         self._hash = hashlib.sha256()
         self._queue: queue.Queue[bytes | None] = queue.Queue(_DEPTH)
@@ -57,7 +59,8 @@ class Spool:
         except OSError as exc:
             self._error = exc
             self._raise()
-        return self._hash.hexdigest()
+        self.sha256 = self._hash.hexdigest()
+        return self.sha256
 
     def map(self) -> mmap.mmap | bytes:
         """The content, mapped read-only (an empty file cannot be mapped: then b"")."""

@@ -137,21 +137,6 @@ class GuardedBackend(httpcore.SyncBackend):
         raise last
 
 
-def guarded_transport(policy: UpstreamPolicy, limits: httpx.Limits) -> httpx.HTTPTransport:
-    """An httpx transport whose connections go through `GuardedBackend`."""
-    transport = httpx.HTTPTransport(limits=limits)
-    # httpx does not expose httpcore's network_backend; swap in a pool built the same way.
-    # tests/test_security.py fails if a later httpx stops honouring it.
-    transport._pool = httpcore.ConnectionPool(
-        ssl_context=httpx.create_ssl_context(),
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        network_backend=GuardedBackend(policy),
-    )
-    return transport
-
-
 #: NAT64's well-known prefix (RFC 6052): the last 32 bits are the IPv4 address reached.
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from pkgloader import logs
 from pkgloader.errors import PkgloaderError
 from pkgloader.rpc.auth import TokenAuth
 from pkgloader.rpc.status import code_for, internal_status, to_status
@@ -156,10 +157,11 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         seconds = time.perf_counter() - started
         # Health checks and reflection come every few seconds from probes: keep them at DEBUG.
         level = logging.DEBUG if method.startswith("/grpc.") else logging.INFO
-        log.log(
+        logs.emit(
+            log,
             level,
             "rpc",
-            extra={
+            {
                 "method": method,
                 "status": code,
                 "duration_ms": round(seconds * 1e3, 3),

@@ -9,8 +9,9 @@ Everything else (well-known types, health, reflection itself) comes from the poo
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection
@@ -24,15 +25,26 @@ def commented_files() -> dict[str, bytes]:
 
 
 class CommentedReflection(reflection.ReflectionServicer):
+    """grpcio-reflection's servicer, with our files' descriptors swapped for the commented ones.
+
+    Only public seams: the constructor, and the RPC method `ServerReflectionInfo` itself, whose
+    answers are rewritten on the way out. (A descriptor pool built from the commented files, the
+    constructor's `pool`, does not help: protobuf's upb backend drops `source_code_info` in
+    `CopyToProto`, which is how grpcio-reflection serializes; tests/test_reflection.py fails if a
+    protobuf or grpcio-reflection upgrade changes either side.)
+    """
+
     def __init__(self, service_names: list[str], files: dict[str, bytes]) -> None:
         super().__init__(service_names)
         self._files = files
 
-    def _file_by_filename(self, request: Any, filename: str) -> Any:
-        return self._with_comments(super()._file_by_filename(request, filename))
-
-    def _file_containing_symbol(self, request: Any, fully_qualified_name: str) -> Any:
-        return self._with_comments(super()._file_containing_symbol(request, fully_qualified_name))
+    # The stubs (grpc-stubs) declare this generator as returning None; it yields responses.
+    def ServerReflectionInfo(  # type: ignore[override]
+        self, request_iterator: Iterable[Any], context: Any
+    ) -> Iterator[Any]:
+        responses = cast(Iterable[Any], super().ServerReflectionInfo(request_iterator, context))
+        for response in responses:
+            yield self._with_comments(response)
 
     def _with_comments(self, response: Any) -> Any:
         if response.HasField("file_descriptor_response"):

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import grpc
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
-from pkgloader_client import (
+from pkgloader_client.server import (
     SERVICE_NAME,
     PackageLoaderServiceServicer,
     add_PackageLoaderServiceServicer_to_server,
@@ -17,6 +17,7 @@ from pkgloader_client import (
 from pkgloader import formats
 from pkgloader.cache.disk import Entry
 from pkgloader.errors import InvalidRequest
+from pkgloader.formats.writer import uleb128 as _varint  # a protobuf varint is ULEB128
 from pkgloader.hashes import WebcHash
 from pkgloader.loader import LoadRequest, LoadResult, PackageLoader, StoredPackage
 from pkgloader.maintenance import CacheMaintenance, RetainCriteria
@@ -246,15 +247,6 @@ def _serialize_load(item: pb.LoadResponse | bytes) -> bytes:
 # each chunk (from the package buffer, bytes or a mapped file) and no protobuf work at all.
 _PACKAGE_TAG = b"\x0a"
 _CHUNK_TAG = b"\x12"
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 _FULL_CHUNK_HEADER = _CHUNK_TAG + _varint(CHUNK)

@@ -32,6 +32,10 @@ CODES: dict[type[errors.PkgloaderError], grpc.StatusCode] = {
     errors.UpstreamRejected: grpc.StatusCode.FAILED_PRECONDITION,
     errors.UpstreamUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.ContentDecodingError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.CacheError: grpc.StatusCode.INTERNAL,
+    # Retryable: the other replica's download may finish, or its lease go stale and be taken.
+    errors.CacheBusy: grpc.StatusCode.UNAVAILABLE,
+    errors.PublishRefused: grpc.StatusCode.INTERNAL,
     errors.HashMismatch: grpc.StatusCode.DATA_LOSS,
     errors.InvalidPackage: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
