@@ -12,10 +12,10 @@
     │   └── ContentDecodingError       CONTENT_DECODING
     ├── HashMismatch                   HASH_MISMATCH: .expected_sha256, .actual_sha256
     ├── InvalidPackage                 INVALID_PACKAGE: the bytes are not a package that parses
-    ├── ResourceExhausted              RESOURCE_EXHAUSTED
+    ├── ResourceExhausted              RESOURCE_EXHAUSTED, TOO_MANY_STREAMS
     │   ├── PackageTooLarge            PACKAGE_TOO_LARGE
     │   └── CacheFull                  CACHE_FULL
-    ├── Cancelled                      the call was cancelled
+    ├── Cancelled                      the call was cancelled (SEND_STALLED: by the server)
     ├── DeadlineExceeded               the call's deadline passed
     ├── ServiceUnavailable             the server cannot be reached (UNAVAILABLE, no ErrorInfo)
     ├── InternalError                  INTERNAL, UNKNOWN and any code without a better class
@@ -214,6 +214,8 @@ REASONS: dict[str, type[PkgloaderError]] = {
     "RESOURCE_EXHAUSTED": ResourceExhausted,
     "PACKAGE_TOO_LARGE": PackageTooLarge,
     "CACHE_FULL": CacheFull,
+    "TOO_MANY_STREAMS": ResourceExhausted,
+    "SEND_STALLED": Cancelled,
     "INTERNAL": InternalError,
 }
 

@@ -52,6 +52,8 @@ EXPECTED = {
     "RESOURCE_EXHAUSTED": pkgloader_client.ResourceExhausted,
     "PACKAGE_TOO_LARGE": pkgloader_client.PackageTooLarge,
     "CACHE_FULL": pkgloader_client.CacheFull,
+    "TOO_MANY_STREAMS": pkgloader_client.ResourceExhausted,
+    "SEND_STALLED": pkgloader_client.Cancelled,
 }
 
 
