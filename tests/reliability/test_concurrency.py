@@ -240,7 +240,8 @@ def test_a_client_that_stops_reading_cannot_starve_health_or_other_clients(
     """8 content Loads of a 40 MiB package on one connection that never reads, 4 workers:
     health Checks (direct and through grpcurl's reflection) and a warm Load from another
     connection all complete while that connection is open and stuck."""
-    server, bad, streams = _start_stalled_loads(served, stalled, tmp_path)
+    # A send timeout longer than the test: its streams must stay stuck however slow the machine.
+    server, bad, streams = _start_stalled_loads(served, stalled, tmp_path, send_timeout=600)
     check = server.channel.unary_unary(
         HEALTH_CHECK,
         request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
