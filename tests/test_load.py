@@ -519,7 +519,8 @@ def test_fifty_concurrent_loads_make_one_upstream_request(
     make_server, httpserver: HTTPServer
 ) -> None:
     """Concurrent Loads of one package share one download, and all get the right bytes."""
-    server = make_server(workers=64)
+    # All 50 on one connection: allow them (the default is 16 content streams per connection).
+    server = make_server(workers=64, max_content_streams_per_connection=64)
     release = threading.Event()
 
     def slow(request: Request) -> Response:

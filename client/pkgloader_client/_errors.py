@@ -12,10 +12,10 @@
     │   └── ContentDecodingError       CONTENT_DECODING
     ├── HashMismatch                   HASH_MISMATCH: .expected_sha256, .actual_sha256
     ├── InvalidPackage                 INVALID_PACKAGE: the bytes are not a package that parses
-    ├── ResourceExhausted              RESOURCE_EXHAUSTED
+    ├── ResourceExhausted              RESOURCE_EXHAUSTED, TOO_MANY_STREAMS
     │   ├── PackageTooLarge            PACKAGE_TOO_LARGE
     │   └── CacheFull                  CACHE_FULL
-    ├── Cancelled                      the call was cancelled
+    ├── Cancelled                      the call was cancelled (SEND_STALLED: by the server)
     ├── DeadlineExceeded               the call's deadline passed
     ├── ServiceUnavailable             the server cannot be reached (UNAVAILABLE, no ErrorInfo),
     │                                  or CACHE_BUSY: another replica is still downloading it
@@ -221,6 +221,8 @@ REASONS: dict[str, type[PkgloaderError]] = {
     "CACHE_BUSY": ServiceUnavailable,
     "CACHE_ERROR": InternalError,
     "PUBLISH_REFUSED": InternalError,
+    "TOO_MANY_STREAMS": ResourceExhausted,
+    "SEND_STALLED": Cancelled,
     "INTERNAL": InternalError,
 }
 

@@ -21,10 +21,12 @@
     ├── HashMismatch                 the bytes do not hash to the expected sha256
     ├── InvalidPackage               the bytes are not a package that parses
     ├── Cancelled                    the caller went away (nobody reads it; logged only)
+    │   └── SendStalled              the client stopped reading; the server cancelled the call
     ├── DeadlineExceeded             the call's deadline (the client's or the server's) passed
     └── ResourceExhausted            a limit was reached
         ├── PackageTooLarge          over PKGLOADER_MAX_PACKAGE_BYTES (decoded bytes)
-        └── CacheFull                no space left on the cache volume
+        ├── CacheFull                no space left on the cache volume
+        └── TooManyStreams           a connection's content streams, or reflection streams
 
 Each leaf carries data (url, status, hashes), never a transport status code: the gRPC layer maps
 them once (`pkgloader.rpc.status`). `reason` is the stable machine-readable name clients switch on.
@@ -151,6 +153,10 @@ class Cancelled(PkgloaderError):
     reason = "CANCELLED"
 
 
+class SendStalled(Cancelled):
+    reason = "SEND_STALLED"
+
+
 class DeadlineExceeded(PkgloaderError):
     reason = "DEADLINE_EXCEEDED"
 
@@ -165,6 +171,10 @@ class PackageTooLarge(ResourceExhausted):
 
 class CacheFull(ResourceExhausted):
     reason = "CACHE_FULL"
+
+
+class TooManyStreams(ResourceExhausted):
+    reason = "TOO_MANY_STREAMS"
 
 
 def leaves() -> list[type[PkgloaderError]]:

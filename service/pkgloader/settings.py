@@ -176,6 +176,23 @@ class Settings:
     max_streams_per_connection: int = _setting(
         100, _parse_positive_int, "concurrent calls one client connection may have open"
     )
+    max_content_streams_per_connection: int = _setting(
+        16,
+        _parse_positive_int,
+        "content Loads and Scans one client connection may have running (at most workers - 1); "
+        "beyond it RESOURCE_EXHAUSTED",
+    )
+    send_timeout: float = _setting(
+        30.0,
+        parse_seconds,
+        "seconds one streamed response message (at most 1 MiB) may wait to be sent before the "
+        "call is cancelled: a client that stopped reading frees its worker",
+    )
+    health_workers: int = _setting(
+        4,
+        _parse_positive_int,
+        "threads of their own for health checks and server reflection, which no business call uses",
+    )
     max_queued_downloads: int = _setting(
         128,
         _parse_positive_int,

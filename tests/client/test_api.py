@@ -55,6 +55,8 @@ EXPECTED = {
     "CACHE_BUSY": pkgloader_client.ServiceUnavailable,
     "CACHE_ERROR": pkgloader_client.InternalError,
     "PUBLISH_REFUSED": pkgloader_client.InternalError,
+    "TOO_MANY_STREAMS": pkgloader_client.ResourceExhausted,
+    "SEND_STALLED": pkgloader_client.Cancelled,
 }
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from pkgloader_client import pb
+from pkgloader_client import PackageLoaderServiceStub, pb
 
 from tests.conftest import DASH, FIXTURES, WABT
 from tests.reliability.conftest import (
@@ -55,9 +55,17 @@ def settled(server: Served, base: ProcStats, cache: Path) -> Callable[[], bool]:
 
 
 def warm(server: Served, url: str, sha: str, n: int = 8) -> None:
-    """Fill the server's worker pool: n concurrent content streams."""
+    """Fill the server's worker pool: n concurrent content streams, each on a connection of its
+    own (the server runs fewer content streams than it has workers per connection)."""
+
+    def one(_: int) -> None:
+        # A local subchannel pool: a connection of its own, not the one channels share.
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=options) as channel:
+            load(PackageLoaderServiceStub(channel), url, sha, include_content=True)
+
     with ThreadPoolExecutor(n) as pool:
-        list(pool.map(lambda _: load(server.stub, url, sha, include_content=True), range(n)))
+        list(pool.map(one, range(n)))
 
 
 def big_package(folder: Path, size: int = 32 << 20) -> tuple[str, str]:

@@ -1,4 +1,5 @@
-"""Cross-cutting concerns of every RPC, in one place: error mapping, the access log, metrics.
+"""Cross-cutting concerns of every RPC, in one place: error mapping, the access log, metrics,
+and the server's concurrency limits (`CallLimits`).
 
 Servicer methods raise domain errors and return; this wraps every handler so that each error is
 mapped once (`status.to_status`), every call logs one structured line, and an unexpected
@@ -10,15 +11,20 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from pkgloader_client import SERVICE_NAME
 
 from pkgloader import logs
-from pkgloader.errors import PkgloaderError
+from pkgloader.errors import PkgloaderError, SendStalled, TooManyStreams
 from pkgloader.rpc.auth import TokenAuth
 from pkgloader.rpc.status import code_for, internal_status, to_status
 
@@ -43,12 +49,45 @@ class CallContext:
         self.metadata = metadata
 
 
+#: Streams of bulk data, limited per connection: method -> "is this request one?".
+_CONTENT_STREAMS: dict[str, Callable[[Any], bool]] = {
+    f"/{SERVICE_NAME}/Load": lambda request: bool(request.include_content),
+    f"/{SERVICE_NAME}/Scan": lambda request: True,
+}
+#: gRPC's own services (health, reflection): served by `CallLimits.infra_pool`.
+_INFRA = "/grpc."
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """The server's concurrency limits, enforced per call (see `app.create_server`)."""
+
+    #: content Loads and Scans one HTTP/2 connection (one `context.peer()`) may have running
+    content_streams_per_connection: int
+    #: seconds one streamed message may wait to be sent before the call is cancelled
+    send_timeout: float
+    #: the threads of gRPC's own services; business calls never run there
+    infra_pool: futures.ThreadPoolExecutor
+    #: long-lived streams (reflection) on those threads at once: the rest stay for health Check
+    infra_streams: int
+
+
 class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(
-        self, observers: list[Observer] | None = None, auth: TokenAuth | None = None
+        self,
+        observers: list[Observer] | None = None,
+        auth: TokenAuth | None = None,
+        limits: CallLimits | None = None,
     ) -> None:
         self._observers = observers or []
         self._auth = auth
+        self._limits = limits
+        self._connections = (
+            _PerConnection(limits.content_streams_per_connection) if limits else None
+        )
+        self._infra_limit = limits.infra_streams if limits else 0
+        self._infra_streams = threading.BoundedSemaphore(self._infra_limit) if limits else None
+        self._watchdog = SendWatchdog(limits.send_timeout) if limits else None
         # Wrapped handlers by method: grpc asks on every call, and building the wrappers anew
         # each time showed up in the warm-Load profile. Handlers are fixed once the server runs.
         self._wrapped: dict[str, Any] = {}
@@ -64,8 +103,25 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         return wrapped
 
     def _wrap(self, handler: Any, method: str) -> Any:
+        wrapped = self._wrap_behaviour(handler, method)
+        if wrapped is not None and self._limits is not None and method.startswith(_INFRA):
+            # grpcio runs a behaviour that names a pool of its own there (the seam grpcio's
+            # HealthServicer uses for Watch): health answers however busy the business pool is.
+            behaviour = next(
+                b
+                for b in (wrapped.unary_unary, wrapped.unary_stream, wrapped.stream_stream)
+                if b is not None
+            )
+            setattr(behaviour, "experimental_thread_pool", self._limits.infra_pool)  # noqa: B010
+        return wrapped
+
+    def _wrap_behaviour(self, handler: Any, method: str) -> Any:
         if handler is None:
             return None
+        if handler.unary_stream is not None and getattr(
+            handler.unary_stream, "experimental_non_blocking", False
+        ):
+            return self._wrap_non_blocking(handler, method)
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
@@ -92,9 +148,21 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 call = self._begin(context)
                 started, code = time.perf_counter(), "OK"
+                release: Callable[[], None] | None = None
+                watched: _Watched | None = None
                 try:
                     self._authorize(method, call, None if bidi else request)
-                    yield from inner_s(request, context)
+                    release = self._admit(method, request, context)
+                    watchdog = self._watchdog
+                    if watchdog is None:
+                        yield from inner_s(request, context)
+                    else:
+                        watched = watchdog.watch(context)
+                        for item in inner_s(request, context):
+                            # Suspended here, grpc is sending `item` from this thread.
+                            watched.since = time.monotonic()
+                            yield item
+                            watched.since = None
                 except GeneratorExit:
                     code = "CANCELLED"  # the client went away mid-stream
                     raise
@@ -102,6 +170,14 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                     code = self._fail(exc, context, method, call)
                     raise
                 finally:
+                    if watched is not None and self._watchdog is not None:
+                        self._watchdog.forget(watched)
+                        if watched.stalled is not None:
+                            code = "CANCELLED"
+                            call.fields["error"] = watched.stalled.message
+                            call.fields["reason"] = watched.stalled.reason
+                    if release is not None:
+                        release()
                     if code == "OK" and not context.is_active():
                         code = "CANCELLED"
                     self._end(method, code, started, call)
@@ -113,6 +189,53 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             )
             return make(stream, handler.request_deserializer, handler.response_serializer)
         return handler
+
+    def _wrap_non_blocking(self, handler: Any, method: str) -> Any:
+        """A behaviour that returns at once and sends later through a callback (health Watch):
+        it holds no thread while it waits, and keeps doing so wrapped."""
+        inner = handler.unary_stream
+
+        def watch(
+            request: Any,
+            context: grpc.ServicerContext,
+            send_response_callback: Callable[[Any], None] | None = None,
+        ) -> None:
+            call = self._begin(context)
+            started = time.perf_counter()
+            try:
+                self._authorize(method, call, request)
+                inner(request, context, send_response_callback)
+            except Exception as exc:
+                self._end(method, self._fail(exc, context, method, call), started, call)
+                raise
+            # Such a stream ends when the client leaves or the server stops.
+            if not context.add_callback(lambda: self._end(method, "OK", started, call)):
+                self._end(method, "OK", started, call)
+
+        setattr(watch, "experimental_non_blocking", True)  # noqa: B010 - grpcio's marker
+        return grpc.unary_stream_rpc_method_handler(
+            watch, handler.request_deserializer, handler.response_serializer
+        )
+
+    def _admit(
+        self, method: str, request: Any, context: grpc.ServicerContext
+    ) -> Callable[[], None] | None:
+        """Take a place among the streams of its kind, or raise TooManyStreams. Returns what
+        gives the place back (None: the call is not limited)."""
+        if self._connections is None or self._infra_streams is None:
+            return None
+        if method.startswith(_INFRA):
+            if not self._infra_streams.acquire(blocking=False):
+                raise TooManyStreams(
+                    f"{self._infra_limit} reflection streams are open, the most this server "
+                    "allows at once; try again when one is closed",
+                    limit=str(self._infra_limit),
+                )
+            return self._infra_streams.release
+        is_content = _CONTENT_STREAMS.get(method)
+        if is_content is None or not is_content(request):
+            return None
+        return self._connections.enter(context.peer())
 
     def _authorize(self, method: str, call: CallContext, request: Any) -> None:
         if self._auth is not None:
@@ -170,3 +293,106 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         )
         for observe in self._observers:
             observe(method, code, seconds, call.fields)
+
+
+class _PerConnection:
+    """Content streams running per HTTP/2 connection, each named by its `context.peer()`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._running: Counter[str] = Counter()
+
+    def enter(self, peer: str) -> Callable[[], None]:
+        with self._lock:
+            if self._running[peer] >= self.limit:
+                raise TooManyStreams(
+                    f"this connection already has {self.limit} content streams (content Loads "
+                    "and Scans) running, the most the server allows per connection; read one "
+                    "to its end first, or open another connection",
+                    limit=str(self.limit),
+                )
+            self._running[peer] += 1
+
+        def leave() -> None:
+            with self._lock:
+                self._running[peer] -= 1
+                if self._running[peer] <= 0:
+                    del self._running[peer]
+
+        return leave
+
+
+class _Watched:
+    """One streaming call under the watchdog's eye."""
+
+    __slots__ = ("context", "since", "stalled")
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self.context = context
+        #: time.monotonic() when the call handed grpc a message to send; None while it runs
+        self.since: float | None = None
+        #: set when the watchdog cancelled the call
+        self.stalled: SendStalled | None = None
+
+
+class SendWatchdog:
+    """Cancels a streaming call whose message has waited `timeout` seconds to be sent.
+
+    grpcio's sync server sends a streamed message from the worker thread that produced it, and
+    that thread waits until the message is written. A client that stops reading (and so grants
+    no flow-control window) would hold the thread until the connection closes, maybe forever.
+    The stream wrapper marks when it hands grpc a message and when it is resumed; this thread,
+    running only while there are streams, cancels (`RpcContext.cancel`) those waiting too long:
+    the waiting send then fails and the worker is free. The client gets CANCELLED (in trailers,
+    which flow control does not hold back) when it reads again; the access log says
+    SEND_STALLED.
+    """
+
+    #: Ticks without a stream after which the thread ends (a new stream starts another).
+    IDLE_TICKS = 30
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._tick = min(1.0, timeout / 4)
+        self._lock = threading.Lock()
+        self._watched: dict[int, _Watched] = {}
+        self._running = False
+
+    def watch(self, context: grpc.ServicerContext) -> _Watched:
+        entry = _Watched(context)
+        with self._lock:
+            self._watched[id(entry)] = entry
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name="send-watchdog", daemon=True).start()
+        return entry
+
+    def forget(self, entry: _Watched) -> None:
+        with self._lock:
+            self._watched.pop(id(entry), None)
+
+    def _run(self) -> None:
+        idle = 0
+        while True:
+            time.sleep(self._tick)  # a period, not a synchronisation
+            now = time.monotonic()
+            with self._lock:
+                if not self._watched:
+                    idle += 1
+                    if idle >= self.IDLE_TICKS:
+                        self._running = False
+                        return
+                    continue
+                idle = 0
+                late = [
+                    e
+                    for e in self._watched.values()
+                    if e.stalled is None and e.since is not None and now - e.since > self.timeout
+                ]
+            for entry in late:
+                entry.stalled = SendStalled(
+                    f"a response message waited more than {self.timeout:g} s to be sent (the "
+                    "client stopped reading); the server cancelled the call"
+                )
+                entry.context.cancel()  # type: ignore[no-untyped-call]

@@ -39,10 +39,12 @@ CODES: dict[type[errors.PkgloaderError], grpc.StatusCode] = {
     errors.HashMismatch: grpc.StatusCode.DATA_LOSS,
     errors.InvalidPackage: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
+    errors.SendStalled: grpc.StatusCode.CANCELLED,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.PackageTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.CacheFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.TooManyStreams: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
