@@ -3,17 +3,21 @@ commands, mounts, and every failure with its status, ErrorInfo reason and the re
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import httpx
 import pytest
 from google.rpc import error_details_pb2, status_pb2
+from pkgloader.rpc.servicer import resolution_from_proto, resolution_to_proto
 from pkgloader_client import pb
+from pytest_httpserver import HTTPServer
 
-from tests.conftest import DASH, STATIC, WABT, Running
-from tests.resolve._registry import Registry
+from tests.conftest import COWSAY, DASH, HELLO, STATIC, WABT, Running
+from tests.resolve._registry import Registry, package
 
 
 def resolve(server: Running, specifier: str) -> pb.ResolveResponse:
@@ -350,3 +354,190 @@ def test_unknown_hash_is_not_found(with_registry: Callable[..., Running]) -> Non
     code, reason, message, _ = failure(with_registry(), "sha256:" + "ab" * 32)
     assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "PACKAGE_NOT_FOUND")
     assert message == f'Unable to find "sha256:{"ab" * 32}" in the registry: Not found'
+
+
+# -- package folders: no network at all ------------------------------------------------------
+
+
+def _folder(tmp_path: Path) -> Path:
+    """A package folder under the file roots: real fixtures (linked, not copied) under their
+    package names, and packages the webc writers build."""
+    folder = tmp_path / "files" / "packages"
+    folder.mkdir(parents=True)
+    os.symlink(STATIC.path, folder / "wasmer-tests--volume-static-webserver@0.1.0.webc")
+    os.symlink(DASH.path, folder / "sharrattj--dash@1.0.18.webc")
+    os.symlink(COWSAY.path, folder / "wiqar--cowsay@0.3.0.webc")
+    os.symlink(HELLO.path, folder / "wasmer--hello@0.1.0.webc")
+    for version in ("1.0.0", "1.4.2", "2.0.0"):
+        (folder / f"wasmer--static-web-server@{version}.webc").write_bytes(
+            package("wasmer/static-web-server", version, commands=("webserver",), v3=True)
+        )
+    (folder / "notes.txt").write_text("not a package")
+    (folder / "bad--version@one.webc").write_bytes(b"x")
+    return folder
+
+
+def test_folder_tree_resolves_with_no_network(
+    make_server: Callable[..., Running], tmp_path: Path
+) -> None:
+    """No registry, no upstream allowed: the v3 fixture and its dependency from the folder."""
+    folder = _folder(tmp_path)
+    server = make_server(package_dirs=(folder,), upstream_allow=(), registry_url="")
+    response = resolve(server, "wasmer-tests/volume-static-webserver")
+    # The fixture's wapm annotation has no name: its id is its hash.
+    root = f"sha256:{STATIC.sha256}"
+    dependency = "wasmer/static-web-server@1.4.2"  # ^1: the newest 1.x file
+    assert nodes(response) == [root, dependency]
+    assert edges(response) == [(root, dependency, "wasmer/static-web-server")]
+    dist = response.resolution.nodes[0].dist
+    assert (dist.webc_url, dist.webc_sha256, dist.webc_size) == (
+        (folder / "wasmer-tests--volume-static-webserver@0.1.0.webc").absolute().as_uri(),
+        STATIC.sha256,
+        STATIC.size,
+    )
+    assert commands(response) == [
+        ("script", root, "script"),
+        ("webserver", dependency, "webserver"),
+    ]
+    assert mounts(response) == [("/settings", root, "/settings", "")]
+    # The folder's node is loadable as it is: its file:// URL lies under the file roots.
+    package_, _ = server.load(dist.webc_url, dist.webc_sha256)
+    assert package_.format == "webc-v3"
+
+
+def test_folder_tar_gz_gets_no_default_mount_and_v1_does(
+    make_server: Callable[..., Running], tmp_path: Path
+) -> None:
+    """cowsay (tar.gz: the v3 family) mounts nothing by default; hello (v1) mounts atom at /."""
+    server = make_server(package_dirs=(_folder(tmp_path),))
+    cowsay = resolve(server, "wiqar/cowsay@0.3.0")
+    assert nodes(cowsay) == [f"sha256:{COWSAY.sha256}"]  # the converted manifest has no name
+    assert mounts(cowsay) == []
+    assert not cowsay.resolution.HasField("entrypoint")  # two commands, none named
+    code, reason, message, _ = failure(server, "wasmer/hello")
+    # hello's dependency is in no folder.
+    assert (code, reason, message) == (
+        grpc.StatusCode.NOT_FOUND,
+        "PACKAGE_NOT_FOUND",
+        'Unable to find "sharrattj/static-web-server@^1" in the registry: Not found',
+    )
+
+
+def test_folder_without_a_match_is_no_matching_version(
+    make_server: Callable[..., Running], tmp_path: Path
+) -> None:
+    """A name the folder has, but no version matching: NOT_FOUND, NO_MATCHING_VERSION."""
+    server = make_server(package_dirs=(_folder(tmp_path),))
+    code, reason, _, _ = failure(server, "wasmer/static-web-server@^3")
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "NO_MATCHING_VERSION")
+
+
+def test_folder_outside_the_file_roots_is_refused(
+    make_server: Callable[..., Running], tmp_path: Path
+) -> None:
+    """A package folder outside PKGLOADER_FILE_ROOTS is not read: PERMISSION_DENIED."""
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    (folder / "a--b@1.0.0.webc").write_bytes(package("a/b", "1.0.0"))
+    server = make_server(package_dirs=(folder,))
+    code, reason, _, _ = failure(server, "a/b")
+    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "FILE_OUTSIDE_ROOTS")
+
+
+def test_registry_first_then_folders(with_registry: Callable[..., Running], tmp_path: Path) -> None:
+    """A name the registry does not know falls through to the folders (MultiSource order);
+    one both know comes from the registry."""
+    folder = _folder(tmp_path)
+    (folder / "test--base@9.0.0.webc").write_bytes(package("test/base", "9.0.0", v3=True))
+    server = with_registry(package_dirs=(folder,))
+    assert nodes(resolve(server, "wiqar/cowsay")) == [f"sha256:{COWSAY.sha256}"]
+    # The registry knows test/base but has no 9.x: no match there, so the folder answers.
+    assert nodes(resolve(server, "test/base@9")) == ["test/base@9.0.0"]
+    # Both know wasmer/static-web-server: the registry's 1.0.0 wins over the folder's 1.4.2.
+    assert nodes(resolve(server, "wasmer/static-web-server@1")) == [
+        "wasmer/static-web-server@1.0.0"
+    ]
+
+
+# -- URLs ------------------------------------------------------------------------------------
+
+
+def test_url_specifier_is_downloaded_once_and_cached_by_its_hash(
+    make_server: Callable[..., Running], httpserver: HTTPServer
+) -> None:
+    """A URL: downloaded through the loader with no expected hash; the computed sha256 names
+    it in the cache, where a Load by that hash then finds it."""
+    httpserver.expect_request("/wabt.webc").respond_with_data(WABT.data)
+    server = make_server()
+    url = httpserver.url_for("/wabt.webc")
+    response = resolve(server, url)
+    [node] = response.resolution.nodes
+    assert (node.id, node.dist.webc_url, node.dist.webc_sha256, node.dist.webc_size) == (
+        "wasmer/wabt@1.0.37",
+        url,
+        WABT.sha256,
+        WABT.size,
+    )
+    assert [c.name for c in response.resolution.commands] == sorted(
+        ["wat2wasm", "wast2json", "wasm2wat", "wasm-interp", "wasm-validate", "wasm-strip"]
+    )
+    assert (server.app.settings.cache_dir / f"{WABT.sha256}.bin").read_bytes() == WABT.data
+    loaded, _ = server.load(url, WABT.sha256)
+    assert loaded.source in (pb.SOURCE_MEMORY, pb.SOURCE_DISK)
+    assert len(httpserver.log) == 1
+
+
+def test_file_url_specifier_and_url_errors(
+    make_server: Callable[..., Running], httpserver: HTTPServer
+) -> None:
+    """A file:// URL under the roots resolves; a 404 keeps Load's NOT_FOUND and reason; a file
+    outside the roots is PERMISSION_DENIED; bytes that are no package are FAILED_PRECONDITION."""
+    server = make_server()
+    response = resolve(server, WABT.url)
+    assert nodes(response) == ["wasmer/wabt@1.0.37"]
+    assert response.resolution.nodes[0].dist.webc_url == WABT.url
+    httpserver.expect_request("/missing").respond_with_data("no", status=404)
+    httpserver.expect_request("/junk").respond_with_data(b"not a package at all")
+    assert failure(server, httpserver.url_for("/missing"))[:2] == (
+        grpc.StatusCode.NOT_FOUND,
+        "UPSTREAM_NOT_FOUND",
+    )
+    assert failure(server, "file:///etc/hostname")[:2] == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "FILE_OUTSIDE_ROOTS",
+    )
+    assert failure(server, httpserver.url_for("/junk"))[:2] == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INVALID_PACKAGE",
+    )
+
+
+# -- the message itself ----------------------------------------------------------------------
+
+
+def test_resolution_json_from_grpcurl_style_printing_can_be_sent_back(
+    with_registry: Callable[..., Running],
+) -> None:
+    """The Resolution as JSON (what grpcurl prints) parses back to the same message, and to
+    the same domain resolution, which validates."""
+    from google.protobuf import json_format
+
+    response = resolve(with_registry(), "sharrattj/dash")
+    text = json_format.MessageToJson(response.resolution)
+    again = json_format.Parse(text, pb.Resolution())
+    assert again == response.resolution
+    domain = resolution_from_proto(again)
+    assert resolution_to_proto(domain) == response.resolution
+
+
+def test_resolution_naming_an_unknown_node_is_refused() -> None:
+    """A caller's resolution whose edge names no node: INVALID_ARGUMENT (for LoadTree)."""
+    from pkgloader.errors import InvalidRequest
+
+    message = pb.Resolution(
+        root="a/b@1.0.0",
+        nodes=[pb.ResolvedNode(id="a/b@1.0.0", dist=pb.DistributionInfo(webc_sha256="0" * 64))],
+        edges=[pb.ResolvedEdge(**{"from": "a/b@1.0.0", "to": "c/d@1.0.0", "alias": "d"})],
+    )
+    with pytest.raises(InvalidRequest, match=r"c/d@1\.0\.0, which is not among its nodes"):
+        resolution_from_proto(message)
