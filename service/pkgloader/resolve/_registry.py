@@ -81,12 +81,17 @@ QUERY_BY_HASH = """{
 
 MAX_RESPONSE = 32 * 1024 * 1024  # a package with many versions is a few MiB of manifests
 MAX_CACHED = 1024  # names (and hashes) whose answers are kept
+#: Reply bytes kept in all (least recently used dropped first): a typical answer is a few KiB,
+#: so this holds every name of any real tree, while a registry of huge answers cannot make the
+#: cache grow past it.
+MAX_CACHED_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class _Answer:
     data: Any  # the reply's `data` object
     at: float  # time.monotonic() when it arrived
+    size: int  # the reply's length in bytes, counted against MAX_CACHED_BYTES
 
 
 class RegistrySource:
@@ -111,6 +116,7 @@ class RegistrySource:
         self.ttl = ttl
         self._clock = clock
         self._cache: OrderedDict[str, _Answer] = OrderedDict()
+        self._cached_bytes = 0
         self._lock = threading.Lock()
 
     # -- Source -------------------------------------------------------------------------------
@@ -160,7 +166,7 @@ class RegistrySource:
         if cached is not None and now - cached.at <= self.ttl:
             return cached.data, ""
         try:
-            data = self._post(query, what)
+            data, size = self._post(query, what)
         except RegistryUnavailable as exc:
             if cached is None:
                 raise
@@ -174,10 +180,14 @@ class RegistrySource:
             )
             return cached.data, warning
         with self._lock:
-            self._cache[key] = _Answer(data, self._clock())
-            self._cache.move_to_end(key)
-            while len(self._cache) > MAX_CACHED:
-                self._cache.popitem(last=False)
+            previous = self._cache.pop(key, None)
+            if previous is not None:
+                self._cached_bytes -= previous.size
+            self._cache[key] = _Answer(data, self._clock(), size)
+            self._cached_bytes += size
+            while len(self._cache) > MAX_CACHED or self._cached_bytes > MAX_CACHED_BYTES:
+                _, dropped = self._cache.popitem(last=False)
+                self._cached_bytes -= dropped.size
         return data, ""
 
     def _headers(self) -> dict[str, str]:
@@ -189,7 +199,8 @@ class RegistrySource:
                 headers["Authorization"] = authorization
         return headers
 
-    def _post(self, query: str, what: str) -> Any:
+    def _post(self, query: str, what: str) -> tuple[Any, int]:
+        """The reply's `data` object and the reply's size in bytes."""
         url = self.url
         if self._guard is not None:
             self._guard(url)
@@ -240,7 +251,7 @@ class RegistrySource:
             )
         if not isinstance(data, dict):
             raise _unavailable(url, what, "Unable to deserialize the response")
-        return data
+        return data, len(raw)
 
 
 def _unavailable(url: httpx.URL, what: str, why: str) -> RegistryUnavailable:
