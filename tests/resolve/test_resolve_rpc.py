@@ -581,3 +581,28 @@ def test_a_graph_larger_than_the_limit_is_resource_exhausted(tmp_path: Path) -> 
     assert len(Resolver(source).resolve("t/p0").resolution.nodes) == 5
     with pytest.raises(ResourceExhausted, match="more than 3 packages"):
         Resolver(source, max_packages=3).resolve("t/p0")
+
+
+def test_folder_changes_are_seen_by_the_next_resolve(
+    make_server: Callable[..., Running], tmp_path: Path
+) -> None:
+    """Listings and summaries are remembered, but a file added or rewritten is seen at once."""
+    folder = _folder(tmp_path)
+    server = make_server(package_dirs=(folder,))
+    assert nodes(resolve(server, "wasmer/static-web-server@1")) == [
+        "wasmer/static-web-server@1.4.2"
+    ]
+    (folder / "wasmer--static-web-server@1.5.0.webc").write_bytes(
+        package("wasmer/static-web-server", "1.5.0", v3=True)
+    )
+    assert nodes(resolve(server, "wasmer/static-web-server@1")) == [
+        "wasmer/static-web-server@1.5.0"
+    ]
+    # Rewritten in place with another manifest: its new commands are what resolves.
+    (folder / "wasmer--static-web-server@1.5.0.webc").write_bytes(
+        package("wasmer/static-web-server", "1.5.0", commands=("serve", "stop"), v3=True)
+    )
+    assert [c[0] for c in commands(resolve(server, "wasmer/static-web-server@1"))] == [
+        "serve",
+        "stop",
+    ]

@@ -41,6 +41,16 @@ class _Entry:
     name: str  # namespace/name from the file name
     version: Version
     path: Path
+    url: str
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """A folder's package files as of its modification time (a stat tells whether it changed:
+    adding, removing, renaming or relinking a file changes the folder's mtime)."""
+
+    mtime_ns: int
+    entries: tuple[_Entry, ...]
 
 
 class DirectorySource:
@@ -48,6 +58,8 @@ class DirectorySource:
         self.folders = folders
         self._files = files
         self._memo: dict[tuple[str, int, int], Summary] = {}
+        self._listings: dict[Path, _Listing] = {}
+        self._real: dict[str, Path] = {}  # url → its real path, checked against the roots
         self._lock = threading.Lock()
 
     def query(self, specifier: Specifier) -> Candidates:
@@ -64,54 +76,85 @@ class DirectorySource:
         # The newest file only: the resolver takes the newest anyway, and parsing every
         # version of a large folder on each query would be wasted work.
         newest = max(matching, key=lambda e: e.version)
-        return Candidates((self._summary(newest.path),))
+        return Candidates((self._summary(newest),))
 
     def _by_hash(self, specifier: HashSpecifier) -> Candidates:
         for entry in self._entries():
-            summary = self._summary(entry.path)
+            summary = self._summary(entry)
             if summary.dist.webc_sha256 == specifier.sha256:
                 return Candidates((summary,))
         raise QueryMiss(Miss.NOT_FOUND)
 
     def _entries(self) -> list[_Entry]:
-        found = []
+        found: list[_Entry] = []
         for folder in self.folders:
             try:
-                names = sorted(os.listdir(folder))
+                mtime = os.stat(folder).st_mtime_ns
             except OSError as exc:
                 log.warning(
-                    "cannot list a package folder", extra={"folder": str(folder), "error": str(exc)}
+                    "cannot read a package folder",
+                    extra={"folder": str(folder), "error": str(exc)},
                 )
                 continue
-            for file_name in names:
-                match = _FILE.match(file_name)
-                if match is None:
-                    continue
-                try:
-                    version = Version.parse(match.group("version"))
-                except ValueError:
-                    continue
-                name = f"{match.group('namespace')}/{match.group('name')}"
-                found.append(_Entry(name, version, folder / file_name))
+            with self._lock:
+                listing = self._listings.get(folder)
+            if listing is None or listing.mtime_ns != mtime:
+                listing = _Listing(mtime, tuple(self._list(folder)))
+                with self._lock:
+                    self._listings[folder] = listing
+                    self._real.clear()  # a file may have been relinked elsewhere
+            found.extend(listing.entries)
         return found
 
-    def _summary(self, path: Path) -> Summary:
-        url = path.absolute().as_uri()
-        # The same rule as for any file:// URL: nothing outside PKGLOADER_FILE_ROOTS is read.
+    @staticmethod
+    def _list(folder: Path) -> list[_Entry]:
+        found = []
         try:
-            real = self._files.resolve(httpx.URL(url))
-        except FileOutsideRoots as exc:
-            raise FileOutsideRoots(
-                f"package folder file {path} is outside PKGLOADER_FILE_ROOTS: {exc.message}",
-                url=url,
-            ) from None
+            names = sorted(os.listdir(folder))
+        except OSError as exc:
+            log.warning(
+                "cannot list a package folder", extra={"folder": str(folder), "error": str(exc)}
+            )
+            return []
+        for file_name in names:
+            match = _FILE.match(file_name)
+            if match is None:
+                continue
+            try:
+                version = Version.parse(match.group("version"))
+            except ValueError:
+                continue
+            name = f"{match.group('namespace')}/{match.group('name')}"
+            path = folder / file_name
+            found.append(_Entry(name, version, path, path.absolute().as_uri()))
+        return found
+
+    def _summary(self, entry: _Entry) -> Summary:
+        # The same rule as for any file:// URL: nothing outside PKGLOADER_FILE_ROOTS is read.
+        # The verdict is kept until the folder changes (refusals are never kept); loading the
+        # node later checks its URL again in the file fetcher.
+        with self._lock:
+            real = self._real.get(entry.url)
+        if real is None:
+            try:
+                real = self._files.resolve(httpx.URL(entry.url))
+            except FileOutsideRoots as exc:
+                raise FileOutsideRoots(
+                    f"package folder file {entry.path} is outside PKGLOADER_FILE_ROOTS: "
+                    f"{exc.message}",
+                    url=entry.url,
+                ) from None
+            with self._lock:
+                if len(self._real) >= _MEMO:
+                    self._real.clear()
+                self._real[entry.url] = real
         stat = real.stat()
         key = (str(real), stat.st_size, stat.st_mtime_ns)
         with self._lock:
             cached = self._memo.get(key)
         if cached is not None:
             return cached
-        summary = _read(real, url)
+        summary = _read(real, entry.url)
         with self._lock:
             if len(self._memo) >= _MEMO:
                 self._memo.clear()
