@@ -273,6 +273,14 @@ class Settings:
             raise SettingsError("PKGLOADER_TLS_CERT and PKGLOADER_TLS_KEY must be set together")
         if settings.tls_client_ca is not None and settings.tls_cert is None:
             raise SettingsError("PKGLOADER_TLS_CLIENT_CA needs PKGLOADER_TLS_CERT and _KEY")
+        for folder in settings.package_dirs:
+            if not any(
+                folder == root or folder.is_relative_to(root) for root in settings.file_roots
+            ):
+                raise SettingsError(
+                    f"PKGLOADER_PACKAGE_DIRS: {folder} is not under PKGLOADER_FILE_ROOTS, so its "
+                    "packages could not be loaded"
+                )
         for name in ("tls_cert", "tls_key", "tls_client_ca"):
             path = getattr(settings, name)
             if path is not None and not path.is_file():

@@ -606,3 +606,29 @@ def test_folder_changes_are_seen_by_the_next_resolve(
         "serve",
         "stop",
     ]
+
+
+def test_resolve_settings_are_validated_at_start_up(tmp_path: Path) -> None:
+    """A registry URL that is no http(s) URL, or a package folder outside the file roots,
+    stops start-up with a message naming the variable."""
+    from pkgloader.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="PKGLOADER_REGISTRY_URL"):
+        Settings.load({"PKGLOADER_REGISTRY_URL": "ftp://registry.example/graphql"})
+    with pytest.raises(SettingsError, match=r"PKGLOADER_PACKAGE_DIRS: .* is not under"):
+        Settings.load(
+            {"PKGLOADER_PACKAGE_DIRS": str(tmp_path / "a"), "PKGLOADER_FILE_ROOTS": "/srv"}
+        )
+    settings = Settings.load(
+        {
+            "PKGLOADER_PACKAGE_DIRS": f"{tmp_path}/a:{tmp_path}/b",
+            "PKGLOADER_FILE_ROOTS": str(tmp_path),
+            "PKGLOADER_REGISTRY_URL": "https://registry.wasmer.io/graphql",
+            "PKGLOADER_REGISTRY_TTL": "60",
+        }
+    )
+    assert settings.package_dirs == (tmp_path.resolve() / "a", tmp_path.resolve() / "b")
+    assert (settings.registry_url, settings.registry_ttl) == (
+        "https://registry.wasmer.io/graphql",
+        60.0,
+    )
