@@ -34,6 +34,7 @@ from pkgloader_client._models import (
     CacheEntry,
     EvictResult,
     Package,
+    Resolution,
     RetainResult,
     ServingStatus,
     ValidationReport,
@@ -260,6 +261,14 @@ class PackageLoaderClient:
         with _translated():
             return ValidationReport.from_proto(
                 self.stub.ValidateCache(request, **self._call_args(timeout, self.timeout))
+            )
+
+    def resolve(self, specifier: str, *, timeout: float | None = None) -> Resolution:
+        """Resolve `namespace/name@requirement`, a URL or `sha256:<hex>` and its dependencies."""
+        request = pb.ResolveRequest(specifier=specifier)
+        with _translated():
+            return Resolution.from_proto(
+                self.stub.Resolve(request, **self._call_args(timeout, self.timeout))
             )
 
     def health(self, service: str = SERVICE_NAME, *, timeout: float | None = None) -> ServingStatus:

@@ -73,6 +73,21 @@ def _parse_roots(text: str) -> tuple[Path, ...]:
     return tuple(roots)
 
 
+def _parse_registry_url(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return ""
+    import httpx
+
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"bad URL {text!r}: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"expected an http(s) URL with a host, got {text!r}")
+    return text
+
+
 def _parse_cache_dir(text: str) -> Path | None:
     return Path(text).expanduser().absolute() if text.strip() else None
 
@@ -231,6 +246,21 @@ class Settings:
         "comma-separated host:port allowed to get their upstream token over plain http "
         "(tokens otherwise go only over https); empty by default",
     )
+    registry_url: str = _setting(
+        "",
+        _parse_registry_url,
+        "GraphQL endpoint of a Wasmer registry for Resolve (public: "
+        "https://registry.wasmer.io/graphql); empty: no registry is contacted",
+    )
+    registry_ttl: float = _setting(
+        300.0, parse_seconds, "seconds a registry answer is reused before asking again"
+    )
+    package_dirs: tuple[Path, ...] = _setting(
+        (),
+        _parse_roots,
+        "colon-separated folders of <namespace>--<name>@<version>.webc files Resolve reads "
+        "(they must lie under PKGLOADER_FILE_ROOTS)",
+    )
     tokens: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     auth_tokens: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -278,6 +308,14 @@ class Settings:
             raise SettingsError("PKGLOADER_TLS_CERT and PKGLOADER_TLS_KEY must be set together")
         if settings.tls_client_ca is not None and settings.tls_cert is None:
             raise SettingsError("PKGLOADER_TLS_CLIENT_CA needs PKGLOADER_TLS_CERT and _KEY")
+        for folder in settings.package_dirs:
+            if not any(
+                folder == root or folder.is_relative_to(root) for root in settings.file_roots
+            ):
+                raise SettingsError(
+                    f"PKGLOADER_PACKAGE_DIRS: {folder} is not under PKGLOADER_FILE_ROOTS, so its "
+                    "packages could not be loaded"
+                )
         for name in ("tls_cert", "tls_key", "tls_client_ca"):
             path = getattr(settings, name)
             if path is not None and not path.is_file():

@@ -57,6 +57,14 @@ EXPECTED = {
     "PUBLISH_REFUSED": pkgloader_client.InternalError,
     "TOO_MANY_STREAMS": pkgloader_client.ResourceExhausted,
     "SEND_STALLED": pkgloader_client.Cancelled,
+    "RESOLVE_FAILED": pkgloader_client.ResolveError,
+    "INVALID_SPECIFIER": pkgloader_client.InvalidSpecifier,
+    "PACKAGE_NOT_FOUND": pkgloader_client.UnknownPackage,
+    "NO_MATCHING_VERSION": pkgloader_client.NoMatchingVersion,
+    "DEPENDENCY_CYCLE": pkgloader_client.DependencyCycle,
+    "DUPLICATE_VERSIONS": pkgloader_client.DuplicateVersions,
+    "REGISTRY_UNAVAILABLE": pkgloader_client.RegistryUnavailable,
+    "REGISTRY_REJECTED": pkgloader_client.RegistryRejected,
 }
 
 
@@ -81,6 +89,8 @@ def test_all_is_pinned() -> None:
         "ContentDecodingError",
         "DeadlineExceeded",
         "Dependency",
+        "DependencyCycle",
+        "DuplicateVersions",
         "EvictResult",
         "FetchError",
         "HashMismatch",
@@ -89,9 +99,11 @@ def test_all_is_pinned() -> None:
         "InvalidArgument",
         "InvalidFile",
         "InvalidPackage",
+        "InvalidSpecifier",
         "Manifest",
         "MismatchedFile",
         "NoDiskCache",
+        "NoMatchingVersion",
         "Package",
         "PackageLoaderClient",
         "PackageLoaderServiceStub",
@@ -100,6 +112,14 @@ def test_all_is_pinned() -> None:
         "PermissionDenied",
         "PkgloaderError",
         "Progress",
+        "RegistryRejected",
+        "RegistryUnavailable",
+        "Resolution",
+        "ResolveError",
+        "ResolvedCommand",
+        "ResolvedEdge",
+        "ResolvedMount",
+        "ResolvedNode",
         "ResourceExhausted",
         "RetainResult",
         "ServiceUnavailable",
@@ -107,6 +127,7 @@ def test_all_is_pinned() -> None:
         "Source",
         "TransferError",
         "Unauthenticated",
+        "UnknownPackage",
         "UpstreamRejected",
         "UpstreamUnavailable",
         "ValidationReport",
@@ -186,7 +207,7 @@ def _client_error_classes() -> list[type[pkgloader_client.PkgloaderError]]:
 def test_every_client_error_class_is_exported_and_has_an_exit_code() -> None:
     """Each class of the tree is public and has its own row in the CLI's exit-code table."""
     classes = _client_error_classes()
-    assert len(classes) == 20
+    assert len(set(classes)) == 28
     assert all(cls.__name__ in pkgloader_client.__all__ for cls in classes)
     assert set(classes) == set(_cli.EXIT_CODES)
 
