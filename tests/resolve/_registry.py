@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from pkgloader import formats
+from pkgloader.formats.writer import write_indexed, write_v1
 from pkgloader.resolve._registry import QUERY_BY_HASH, QUERY_BY_NAME
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
-
-from tests.formats._writers import write_indexed, write_v1
 
 WASM = b"\0asm\x01\0\0\0"
 WASI = "https://webc.org/runner/wasi"
