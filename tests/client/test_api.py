@@ -52,6 +52,7 @@ EXPECTED = {
     "RESOURCE_EXHAUSTED": pkgloader_client.ResourceExhausted,
     "PACKAGE_TOO_LARGE": pkgloader_client.PackageTooLarge,
     "CACHE_FULL": pkgloader_client.CacheFull,
+    "CACHE_FILE_CHANGED": pkgloader_client.ServiceUnavailable,
 }
 
 
