@@ -18,7 +18,8 @@
     ├── Cancelled                      the call was cancelled (SEND_STALLED: by the server)
     ├── DeadlineExceeded               the call's deadline passed
     ├── ServiceUnavailable             the server cannot be reached (UNAVAILABLE, no ErrorInfo),
-    │                                  or CACHE_BUSY: another replica is still downloading it
+    │                                  or CACHE_BUSY: another replica is still downloading it,
+    │                                  or CACHE_FILE_CHANGED: a cached file changed under the read
     ├── InternalError                  INTERNAL, CACHE_ERROR, PUBLISH_REFUSED, UNKNOWN and any
     │                                  code without a better class
     ├── ResolveError                   RESOLVE_FAILED: a specifier did not resolve
@@ -279,6 +280,8 @@ REASONS: dict[str, type[PkgloaderError]] = {
     "PUBLISH_REFUSED": InternalError,
     "TOO_MANY_STREAMS": ResourceExhausted,
     "SEND_STALLED": Cancelled,
+    # A cache file truncated under a Load (ABORTED): a new call reads it afresh.
+    "CACHE_FILE_CHANGED": ServiceUnavailable,
     "INTERNAL": InternalError,
     "RESOLVE_FAILED": ResolveError,
     "INVALID_SPECIFIER": InvalidSpecifier,

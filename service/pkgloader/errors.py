@@ -20,6 +20,7 @@
     │   └── PublishRefused           a temp file whose size or sha256 is not its name's (a bug)
     ├── HashMismatch                 the bytes do not hash to the expected sha256
     ├── InvalidPackage               the bytes are not a package that parses
+    ├── CacheFileChanged             a cached file was truncated or replaced while being read
     ├── Cancelled                    the caller went away (nobody reads it; logged only)
     │   └── SendStalled              the client stopped reading; the server cancelled the call
     ├── DeadlineExceeded             the call's deadline (the client's or the server's) passed
@@ -155,6 +156,13 @@ class HashMismatch(PkgloaderError):
 
 class InvalidPackage(PkgloaderError):
     reason = "INVALID_PACKAGE"
+
+
+class CacheFileChanged(PkgloaderError):
+    """A disk cache file shrank under a read in progress (another replica, an operator, NFS).
+    What was sent so far cannot be completed; a new call reads (or fetches) the package again."""
+
+    reason = "CACHE_FILE_CHANGED"
 
 
 class Cancelled(PkgloaderError):

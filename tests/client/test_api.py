@@ -65,6 +65,7 @@ EXPECTED = {
     "DUPLICATE_VERSIONS": pkgloader_client.DuplicateVersions,
     "REGISTRY_UNAVAILABLE": pkgloader_client.RegistryUnavailable,
     "REGISTRY_REJECTED": pkgloader_client.RegistryRejected,
+    "CACHE_FILE_CHANGED": pkgloader_client.ServiceUnavailable,
 }
 
 

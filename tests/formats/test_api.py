@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+import hashlib
 import json
 import math
 import mmap
+import os
+import tracemalloc
+import weakref
 from pathlib import Path
 
 import cbor2
@@ -22,15 +27,16 @@ from pkgloader.formats import (
 )
 from pkgloader.formats._cbor import decode_cbor
 
-from ._helpers import COWSAY, HELLO, WEBSERVER
+from ._helpers import COWSAY, DASH, HELLO, WEBSERVER
 
 
 def test_public_names_are_pinned() -> None:
     """The curated __all__ is sorted and is exactly what the rest of the service codes against."""
     assert formats.__all__ == [
-        "JSON", "Atom", "Binding", "Command", "Container", "Dependency", "DetectError",
-        "DirEntry", "FormatError", "Manifest", "Metadata", "TarballLimits", "Volume",
-        "detect", "open_package", "to_jsonable",
+        "CHUNK", "JSON", "Atom", "Binding", "ByteSource", "Command", "Container", "Content",
+        "ContentChanged", "Dependency", "DetectError", "DirEntry", "FileSource", "FormatError",
+        "Manifest", "MemorySource", "Metadata", "TarballLimits", "Volume", "detect",
+        "open_package", "to_jsonable",
     ]  # fmt: skip
     assert formats.__all__ == sorted(formats.__all__, key=lambda n: (not n.isupper(), n))
     for name in formats.__all__:
@@ -85,19 +91,21 @@ def test_open_package_accepts_str_paths_and_bytes_likes() -> None:
             assert c.manifest.entrypoint == "script"
 
 
-def test_tarball_from_a_path_keeps_the_mapping_until_close() -> None:
-    """A tar.gz opened from a path decompresses large members from the mapping on demand, so
-    it keeps the mapping like webc does; close() unmaps it when nothing else holds it."""
+def test_tarball_from_a_path_keeps_the_file_until_close() -> None:
+    """A tar.gz opened from a path decompresses large members from the file on demand, so it
+    keeps the file open like webc does; it is closed once neither the container nor a handle
+    holds it."""
     c = open_package(COWSAY)
-    owned = c._owned
-    assert owned is not None
-    assert not owned.closed
+    assert c._owned is not None
+    owned = weakref.ref(c._owned)
     atom = c.get_atom("cowsay")
     assert atom is not None
     assert len(atom) == 1058629
-    del atom  # a fresh copy, not a view of the mapping: it would not keep it mapped anyway
     c.close()
-    assert owned.closed
+    assert owned() is not None  # the handle still reads
+    assert len(atom.read()) == 1058629
+    del atom
+    assert owned() is None  # and its finalizer closed the descriptor
 
 
 # ------------------------------------------------------------------------- to_jsonable
@@ -215,3 +223,74 @@ def test_decoder_does_not_apply_semantic_tags() -> None:
     decoded = decode_cbor(memoryview(encoded), "test")
     assert decoded == cbor2.CBORTag(28, [cbor2.CBORTag(29, 0)])
     assert to_jsonable(decoded) == {"$tag": 28, "value": [{"$tag": 29, "value": 0}]}
+
+
+# ------------------------------------------------------------------------- content handles
+
+
+def test_content_handles_stream_in_bounded_chunks_and_hash(tmp_path: Path) -> None:
+    """An atom read from a file comes in chunks of at most max_bytes that add up to the atom,
+    and sha256() streams to the same digest as hashing the whole bytes."""
+    with open_package(COWSAY) as c:
+        atom = c.get_atom("cowsay")
+        assert atom is not None
+        whole = atom.read()
+        pieces = list(atom.chunks(100_000))
+        assert all(isinstance(p, bytes) and 0 < len(p) <= 100_000 for p in pieces)
+        assert b"".join(pieces) == whole
+        assert atom.sha256() == hashlib.sha256(whole).digest()
+    raw = DASH.read_bytes()
+    with open_package(DASH) as from_file, open_package(raw) as from_bytes:
+        for name, atom in from_file.atoms().items():
+            other = from_bytes.get_atom(name)
+            assert other is not None
+            assert other.size == atom.size
+            assert b"".join(atom.chunks(4096)) == bytes(other)
+            assert atom.sha256() == other.sha256()
+
+
+def test_a_file_truncated_under_a_handle_raises_content_changed(tmp_path: Path) -> None:
+    """A package file truncated after the open: reading an atom raises ContentChanged (a
+    FormatError naming the change), never a fault."""
+    path = tmp_path / "copy.webc"
+    path.write_bytes(DASH.read_bytes())
+    with open_package(path) as c:
+        atom = c.get_atom("dash")
+        assert atom is not None
+        os.truncate(path, 2000)
+        with pytest.raises(formats.ContentChanged, match="changed while being read"):
+            atom.read()
+        with pytest.raises(formats.FormatError):
+            list(atom.chunks(1024))
+
+
+def test_a_file_truncated_before_the_parse_is_a_format_error(tmp_path: Path) -> None:
+    """A FileSource whose file shrank between its size and its parse fails the parse with
+    ContentChanged."""
+    path = tmp_path / "copy.tar.gz"
+    path.write_bytes(COWSAY.read_bytes())
+    source = formats.FileSource.open(path)
+    os.truncate(path, 1000)
+    with pytest.raises(formats.ContentChanged):
+        open_package(source)
+    source.close()
+
+
+@pytest.mark.parametrize("path", [COWSAY, DASH, HELLO, WEBSERVER], ids=lambda p: p.name[:12])
+def test_retained_bytes_matches_what_the_parse_allocates(path: Path) -> None:
+    """Container.retained_bytes (what the memory tier charges besides the package bytes) is
+    within 0.8x-1.5x of what tracemalloc sees a parse keep allocated."""
+    data = path.read_bytes()
+    open_package(data).close()  # first-use caches (imports, compiled patterns) out of the way
+    gc.collect()
+    tracemalloc.start()
+    try:
+        container = open_package(data)
+        gc.collect()
+        traced, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert 0.8 * traced <= container.retained_bytes <= 1.5 * traced, (
+        container.retained_bytes,
+        traced,
+    )

@@ -38,6 +38,8 @@ CODES: dict[type[errors.PkgloaderError], grpc.StatusCode] = {
     errors.PublishRefused: grpc.StatusCode.INTERNAL,
     errors.HashMismatch: grpc.StatusCode.DATA_LOSS,
     errors.InvalidPackage: grpc.StatusCode.FAILED_PRECONDITION,
+    # A conflict with a concurrent change, not the caller's fault: retrying reads afresh.
+    errors.CacheFileChanged: grpc.StatusCode.ABORTED,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.SendStalled: grpc.StatusCode.CANCELLED,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
