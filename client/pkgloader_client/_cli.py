@@ -28,9 +28,11 @@ from rich.table import Table
 from pkgloader_client._client import PackageLoaderClient
 from pkgloader_client._config import DEFAULT_TARGET
 from pkgloader_client._errors import (
+    AtomNotFound,
     CacheFull,
     Cancelled,
     ContentDecodingError,
+    ContentHashMismatch,
     DeadlineExceeded,
     FetchError,
     HashMismatch,
@@ -38,8 +40,11 @@ from pkgloader_client._errors import (
     InvalidArgument,
     InvalidPackage,
     NoDiskCache,
+    NotFound,
+    PackageNotCached,
     PackageNotFound,
     PackageTooLarge,
+    PathNotFound,
     PermissionDenied,
     PkgloaderError,
     ResourceExhausted,
@@ -48,6 +53,7 @@ from pkgloader_client._errors import (
     Unauthenticated,
     UpstreamRejected,
     UpstreamUnavailable,
+    VolumeNotFound,
 )
 from pkgloader_client._models import Package, ServingStatus
 from pkgloader_client._version import __version__
@@ -83,6 +89,14 @@ EXIT_CODES: dict[type[PkgloaderError], int] = {
     DeadlineExceeded: 13,
     TransferError: 14,
     Cancelled: INTERRUPTED,
+    # Contents calls: "not there" is the same exit as a package upstream does not have, and a
+    # corrupt atom or file the same as a package whose hash does not match.
+    NotFound: 4,
+    PackageNotCached: 4,
+    AtomNotFound: 4,
+    VolumeNotFound: 4,
+    PathNotFound: 4,
+    ContentHashMismatch: 5,
 }
 
 _HEX = re.compile(r"^[0-9a-fA-F]{64}$")

@@ -21,6 +21,8 @@ CLIENT = REPO / "client" / "pkgloader_client"
 def _sample(cls: type[errors.PkgloaderError]) -> errors.PkgloaderError:
     if cls is errors.HashMismatch:
         return cls(expected="a" * 64, actual="b" * 64, source="file:/x")
+    if cls is errors.ContentHashMismatch:
+        return cls(what="atom 'a'", expected="a" * 64, actual="b" * 64)
     return cls(f"{cls.__name__} happened", url="http://127.0.0.1:1/x", status="418")
 
 
@@ -52,6 +54,13 @@ EXPECTED = {
     "RESOURCE_EXHAUSTED": pkgloader_client.ResourceExhausted,
     "PACKAGE_TOO_LARGE": pkgloader_client.PackageTooLarge,
     "CACHE_FULL": pkgloader_client.CacheFull,
+    "INVALID_PATH": pkgloader_client.InvalidArgument,
+    "CONTENT_HASH_MISMATCH": pkgloader_client.ContentHashMismatch,
+    "NOT_FOUND": pkgloader_client.NotFound,
+    "PACKAGE_NOT_CACHED": pkgloader_client.PackageNotCached,
+    "ATOM_NOT_FOUND": pkgloader_client.AtomNotFound,
+    "VOLUME_NOT_FOUND": pkgloader_client.VolumeNotFound,
+    "PATH_NOT_FOUND": pkgloader_client.PathNotFound,
 }
 
 
@@ -68,12 +77,14 @@ def test_all_is_pinned() -> None:
         "SERVICE_NAME",
         "AsyncPackageLoaderClient",
         "Atom",
+        "AtomNotFound",
         "Binding",
         "CacheEntry",
         "CacheFull",
         "Cancelled",
         "Command",
         "ContentDecodingError",
+        "ContentHashMismatch",
         "DeadlineExceeded",
         "Dependency",
         "EvictResult",
@@ -87,12 +98,15 @@ def test_all_is_pinned() -> None:
         "Manifest",
         "MismatchedFile",
         "NoDiskCache",
+        "NotFound",
         "Package",
         "PackageLoaderClient",
         "PackageLoaderServiceServicer",
         "PackageLoaderServiceStub",
+        "PackageNotCached",
         "PackageNotFound",
         "PackageTooLarge",
+        "PathNotFound",
         "PermissionDenied",
         "PkgloaderError",
         "Progress",
@@ -107,6 +121,7 @@ def test_all_is_pinned() -> None:
         "UpstreamUnavailable",
         "ValidationReport",
         "Volume",
+        "VolumeNotFound",
         "__version__",
         "add_PackageLoaderServiceServicer_to_server",
         "pb",
@@ -165,7 +180,7 @@ def _client_error_classes() -> list[type[pkgloader_client.PkgloaderError]]:
 def test_every_client_error_class_is_exported_and_has_an_exit_code() -> None:
     """Each class of the tree is public and has its own row in the CLI's exit-code table."""
     classes = _client_error_classes()
-    assert len(classes) == 20
+    assert len(classes) == 26
     assert all(cls.__name__ in pkgloader_client.__all__ for cls in classes)
     assert set(classes) == set(_cli.EXIT_CODES)
 
