@@ -19,18 +19,25 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pkgloader import formats
 from pkgloader.errors import (
     AtomNotFound,
     ContentHashMismatch,
     InvalidPath,
+    InvalidRequest,
+    PackageNotCached,
     PathNotFound,
     VolumeNotFound,
 )
+from pkgloader.hashes import WebcHash
+from pkgloader.policy import Source
+
+if TYPE_CHECKING:
+    from pkgloader.loader import LoadRequest, PackageLoader, StoredPackage
 
 CHUNK = 1024 * 1024  # the contract: content chunks of at most 1 MiB
 
@@ -196,10 +203,15 @@ def _name(value: str, field: str) -> str:
 
 
 class PackageContents:
-    """Atoms, files and listings of one parsed package (`label` names it in messages)."""
+    """Atoms, files and listings of one loaded package (`label` names it in messages).
 
-    def __init__(self, container: formats.Container, label: str) -> None:
-        self._container = container
+    It holds the `StoredPackage`, so the bytes its contents are read from (a buffer in memory,
+    or a mapped cache file) stay valid while a stream reads them, even if the memory tier evicts
+    the package meanwhile."""
+
+    def __init__(self, stored: StoredPackage, label: str) -> None:
+        self._stored = stored
+        self._container = stored.container
         self._label = label
 
     def atom(self, name: str) -> AtomContent:
@@ -307,3 +319,45 @@ def _walk(volume: formats.Volume, top: str, recursive: bool) -> Iterator[Entry]:
             if child.is_dir and recursive:
                 below.append(full)
         stack.extend(reversed(below))
+
+
+# -- finding the package ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A package's contents and where the package was found (for the access log)."""
+
+    contents: PackageContents
+    source: Source
+    size: int
+
+
+def open_contents(
+    loader: PackageLoader,
+    sha256: str,
+    load: LoadRequest | None,
+    *,
+    alive: Callable[[], bool] | None = None,
+    timeout: float | None = None,
+) -> Opened:
+    """The contents of the package `sha256` (or `load.sha256`): from the loader's memory or disk
+    tier; else, when `load` says where from, loaded exactly as Load does; else
+    `PackageNotCached`."""
+    if load is not None:
+        if sha256 and WebcHash.parse(sha256) != WebcHash.parse(load.sha256):
+            raise InvalidRequest(
+                f"webc_sha256 {sha256} and the summary's {load.sha256} name different packages",
+            )
+        result = loader.load(load, alive=alive, timeout=timeout)
+        stored, source = result.package, result.source
+    else:
+        found = loader.cached(sha256)
+        if found is None:
+            h = WebcHash.parse(sha256)
+            raise PackageNotCached(
+                f"package {h.hex} is not cached; Load it first, or pass its summary",
+                webc_sha256=h.hex,
+            )
+        stored, source = found
+    return Opened(PackageContents(stored, stored.hash.hex), source, stored.size)

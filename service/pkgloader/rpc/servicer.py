@@ -14,7 +14,7 @@ from pkgloader_client import (
     pb,
 )
 
-from pkgloader import formats
+from pkgloader import contents, formats
 from pkgloader.cache.disk import Entry
 from pkgloader.errors import InvalidRequest
 from pkgloader.hashes import WebcHash
@@ -171,6 +171,93 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
             in_memory=self._maintenance.in_memory(entry.hash.hex),
             cache_path=entry.name,
         )
+
+    # -- contents: GetAtom, ReadFile, ListDirectory ------------------------------------------
+
+    def GetAtom(
+        self, request: pb.GetAtomRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.GetAtomResponse]:
+        opened = self._open(request.webc_sha256, request, context)
+        atom = opened.contents.atom(request.atom_name)  # hashed and checked before any item
+        checked = atom.checked
+        yield pb.GetAtomResponse(
+            info=pb.ContentInfo(
+                name=atom.name,
+                size=checked.size,
+                sha256=checked.sha256,
+                signature=atom.signature,
+                kind=atom.kind,
+            )
+        )
+        for piece in checked.chunks(CHUNK):
+            yield pb.GetAtomResponse(chunk=bytes(piece))
+        _log_fields(context)["sent_bytes"] = checked.size
+
+    def ReadFile(
+        self, request: pb.ReadFileRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ReadFileResponse]:
+        opened = self._open(request.webc_sha256, request, context)
+        found = opened.contents.file(request.volume, request.path)
+        checked = found.checked
+        yield pb.ReadFileResponse(
+            info=pb.ContentInfo(
+                name=found.path,
+                size=checked.size,
+                sha256=checked.sha256,
+                modified=_stamp(found.modified),
+                volume=found.volume,
+            )
+        )
+        for piece in checked.chunks(CHUNK):
+            yield pb.ReadFileResponse(chunk=bytes(piece))
+        _log_fields(context)["sent_bytes"] = checked.size
+
+    def ListDirectory(
+        self, request: pb.ListDirectoryRequest, context: grpc.ServicerContext
+    ) -> pb.ListDirectoryResponse:
+        opened = self._open(request.webc_sha256, request, context)
+        listing = opened.contents.listing(request.volume, request.path, recursive=request.recursive)
+        return pb.ListDirectoryResponse(
+            entries=[
+                pb.DirectoryEntry(
+                    path=e.path,
+                    kind=pb.ENTRY_KIND_DIRECTORY if e.is_dir else pb.ENTRY_KIND_FILE,
+                    size=e.size,
+                    sha256=e.sha256,
+                    modified=_stamp(e.modified),
+                )
+                for e in listing.entries
+            ],
+            truncated=listing.truncated,
+            total_entries=listing.total,
+        )
+
+    def _open(self, sha256: str, request: Any, context: grpc.ServicerContext) -> contents.Opened:
+        """The package a contents request names, from the cache or (with a summary) loaded."""
+        load = None
+        if request.HasField("summary"):
+            summary = request.summary
+            load = LoadRequest(
+                url=summary.dist.webc_url,
+                sha256=summary.dist.webc_sha256,
+                package_id=summary.package_id,
+                size_hint=summary.dist.webc_size if summary.dist.HasField("webc_size") else None,
+            )
+        log = _log_fields(context)
+        log.update(sha256=(sha256 or (load.sha256 if load else ""))[:64])
+        opened = contents.open_contents(
+            self._loader,
+            sha256,
+            load,
+            alive=context.is_active,
+            timeout=_timeout(context, self._call_timeout),
+        )
+        log.update(source=opened.source.value, bytes=opened.size)
+        return opened
+
+
+def _stamp(seconds: int | None) -> timestamp_pb2.Timestamp | None:
+    return None if seconds is None else timestamp_pb2.Timestamp(seconds=seconds)
 
 
 def _timeout(context: grpc.ServicerContext, default: float) -> float:
