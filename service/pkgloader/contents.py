@@ -27,6 +27,7 @@ from pkgloader import formats
 from pkgloader.errors import (
     AtomNotFound,
     ContentHashMismatch,
+    InvalidPackage,
     InvalidPath,
     InvalidRequest,
     PackageNotCached,
@@ -68,7 +69,7 @@ class Checked:
         digest = hashlib.sha256()
         held: bytes | memoryview | None = None
         sent = 0
-        for piece in _pieces(self.content, max):
+        for piece in _pieces(self.content, max, self.what):
             if held is not None:
                 yield held
             digest.update(piece)
@@ -85,7 +86,7 @@ def check(content: Readable, expected_sha256: str | None, *, what: str) -> Check
     """Hash `content` once, in bounded pieces; refuse it (`ContentHashMismatch`, DATA_LOSS) when
     `expected_sha256` (lowercase hex) is given and differs."""
     digest = hashlib.sha256()
-    for piece in _pieces(content, CHUNK):
+    for piece in _pieces(content, CHUNK, what):
         digest.update(piece)
     actual = digest.hexdigest()
     if expected_sha256 is not None and actual != expected_sha256:
@@ -93,16 +94,21 @@ def check(content: Readable, expected_sha256: str | None, *, what: str) -> Check
     return Checked(content, content.size, actual, what)
 
 
-def _pieces(content: Readable, max: int) -> Iterator[bytes | memoryview]:
-    for piece in content.chunks(max):
-        # A content handle promises at most `max` per piece; keep the contract even if one
-        # hands out more (a view is sliced, not copied).
-        if len(piece) <= max:
-            yield piece
-        else:
-            with memoryview(piece) as view:
-                for start in range(0, len(view), max):
-                    yield view[start : start + max]
+def _pieces(content: Readable, max: int, what: str) -> Iterator[bytes | memoryview]:
+    try:
+        for piece in content.chunks(max):
+            # A content handle promises at most `max` per piece; keep the contract even if one
+            # hands out more (a view is sliced, not copied).
+            if len(piece) <= max:
+                yield piece
+            else:
+                with memoryview(piece) as view:
+                    for start in range(0, len(view), max):
+                        yield view[start : start + max]
+    except formats.FormatError as exc:
+        # The reader found the bytes damaged or changed under it (a cache file truncated by
+        # someone else): the package, not the call, is at fault.
+        raise InvalidPackage(f"{what}: cannot be read: {exc}") from exc
 
 
 def signature_sha256(signature: str) -> str | None:
@@ -160,24 +166,10 @@ class Listing:
     truncated: bool
 
 
-class _View:
-    """Today's in-memory view (or a fresh copy of a tar.gz member) as a `Readable`."""
-
-    def __init__(self, data: memoryview) -> None:
-        self._data = data
-
-    @property
-    def size(self) -> int:
-        return len(self._data)
-
-    def chunks(self, max: int, /) -> Iterator[memoryview]:
-        for start in range(0, len(self._data), max):
-            yield self._data[start : start + max]
-
-
-def _readable(content: memoryview) -> Readable:
-    """The one seam between this module and the format reader's content objects."""
-    return _View(content)
+def _readable(content: formats.Content) -> Readable:
+    """The one seam between this module and the format reader's content objects: its handles
+    read in bounded pieces (through the memory buffer, or pread on the cache file)."""
+    return content
 
 
 def normalize_path(path: str) -> str:
