@@ -97,3 +97,13 @@ def test_unsafe_paths_are_invalid(path: str) -> None:
     """`..`, a backslash, NUL, or an absurd length is INVALID_PATH, never looked up."""
     with pytest.raises(InvalidPath):
         contents.normalize_path(path)
+
+
+def test_stable_content_is_not_hashed_twice() -> None:
+    """`stable` (memory-tier bytes, immutable) skips the second hash: the send pass does not
+    check again, which only content that cannot change may rely on."""
+    source = _Bytes(b"a" * 3000)
+    checked = contents.check(source, None, what="x", stable=True)
+    source.data = b"b" * 3000  # impossible for real stable content; shows no re-hash happens
+    assert b"".join(checked.chunks(1000)) == source.data
+    assert source.reads == 2

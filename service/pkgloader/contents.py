@@ -8,8 +8,9 @@ of gRPC. Two promises:
   before a single byte goes out. `Checked.chunks` then reads the content again and hashes it as
   it goes, holding back the last chunk until the second pass matches too: a content that changes
   between the passes (a damaged disk) is never delivered whole. Reading twice costs a second
-  sha256 pass (about 1.5 GB/s here); buffering an atom of hundreds of MiB to read it once would
-  make memory grow with the package, which the service never does.
+  sha256 pass (skipped when the bytes are the memory tier's immutable copy); buffering an atom
+  of hundreds of MiB to read it once would make memory grow with the package, which the
+  service never does.
 - **Bounded.** Contents are read through their `size` and `chunks(max)`, at most `CHUNK` at a
   time; a listing stops at `MAX_ENTRIES` entries or `MAX_LISTING_BYTES` of paths and says so.
 """
@@ -62,10 +63,16 @@ class Checked:
     size: int
     sha256: str  # lowercase hex
     what: str  # for messages: "atom 'python' of <sha>"
+    #: The bytes are immutable process memory (the memory tier), so they cannot differ on the
+    #: second pass and are not hashed again.
+    stable: bool = False
 
     def chunks(self, max: int = CHUNK) -> Iterator[bytes | memoryview]:
         """The bytes again, at most `max` at a time, re-hashed as they go; the last piece is held
         back until the whole matches `sha256`, else `ContentHashMismatch` is raised instead."""
+        if self.stable:
+            yield from _pieces(self.content, max, self.what)
+            return
         digest = hashlib.sha256()
         held: bytes | memoryview | None = None
         sent = 0
@@ -82,16 +89,19 @@ class Checked:
             yield held
 
 
-def check(content: Readable, expected_sha256: str | None, *, what: str) -> Checked:
+def check(
+    content: Readable, expected_sha256: str | None, *, what: str, stable: bool = False
+) -> Checked:
     """Hash `content` once, in bounded pieces; refuse it (`ContentHashMismatch`, DATA_LOSS) when
-    `expected_sha256` (lowercase hex) is given and differs."""
+    `expected_sha256` (lowercase hex) is given and differs. `stable`: the bytes live in
+    immutable process memory, so `Checked.chunks` need not hash them again."""
     digest = hashlib.sha256()
     for piece in _pieces(content, CHUNK, what):
         digest.update(piece)
     actual = digest.hexdigest()
     if expected_sha256 is not None and actual != expected_sha256:
         raise ContentHashMismatch(what=what, expected=expected_sha256, actual=actual)
-    return Checked(content, content.size, actual, what)
+    return Checked(content, content.size, actual, what, stable)
 
 
 def _pieces(content: Readable, max: int, what: str) -> Iterator[bytes | memoryview]:
@@ -205,6 +215,8 @@ class PackageContents:
         self._stored = stored
         self._container = stored.container
         self._label = label
+        # A package the memory tier holds is a `bytes` object: immutable, so read once suffices.
+        self._stable = isinstance(stored.buffer, bytes)
 
     def atom(self, name: str) -> AtomContent:
         """The atom `name`, hashed and checked against its manifest signature when it has one."""
@@ -218,8 +230,8 @@ class PackageContents:
                 atom=name,
             )
         signature = declared.signature if declared is not None else ""
-        checked = check(
-            _readable(data), signature_sha256(signature), what=f"atom {name!r} of {self._label}"
+        checked = self._check(
+            data, signature_sha256(signature), f"atom {name!r} of {self._label}", atom=name
         )
         return AtomContent(
             name=name,
@@ -227,6 +239,23 @@ class PackageContents:
             signature=signature,
             checked=checked,
         )
+
+    def _check(
+        self, data: formats.Content, expected: str | None, what: str, *, atom: str | None = None
+    ) -> Checked:
+        """`check`; with a memory-tier package an atom's result is remembered with it: its bytes
+        are immutable, so an atom hashed (and verified) once is sent again without hashing.
+        (Only atoms: a package has a few, but may have a hundred thousand files.)"""
+        if not self._stable:
+            return check(_readable(data), expected, what=what)
+        if atom is None:
+            return check(_readable(data), expected, what=what, stable=True)
+        key = f"contents.atom:{atom}"
+        known: Checked | None = self._stored.memo.get(key)
+        if known is None:
+            known = check(_readable(data), expected, what=what, stable=True)
+            self._stored.memo[key] = known  # a dict store is atomic; a race only hashes twice
+        return known
 
     def _volume(self, name: str) -> formats.Volume:
         _name(name, "volume")
@@ -254,7 +283,7 @@ class PackageContents:
         expected = self._recorded_sha256(volume, path)
         data = volume.read_file(path)
         assert data is not None  # metadata said it is a file
-        checked = check(_readable(data), expected, what=f"file {path!r} of volume {volume_name!r}")
+        checked = self._check(data, expected, f"file {path!r} of volume {volume_name!r}")
         return FileContent(volume_name, path, meta.modified, checked)
 
     @staticmethod

@@ -174,9 +174,7 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
 
     # -- contents: GetAtom, ReadFile, ListDirectory ------------------------------------------
 
-    def GetAtom(
-        self, request: pb.GetAtomRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.GetAtomResponse]:
+    def GetAtom(self, request: pb.GetAtomRequest, context: grpc.ServicerContext) -> Iterator[Any]:
         opened = self._open(request.webc_sha256, request, context)
         atom = opened.contents.atom(request.atom_name)  # hashed and checked before any item
         checked = atom.checked
@@ -189,13 +187,11 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
                 kind=atom.kind,
             )
         )
-        for piece in checked.chunks(CHUNK):
-            yield pb.GetAtomResponse(chunk=bytes(piece))
+        for message in _content_chunks(checked):
+            yield message if self.preserialized else pb.GetAtomResponse.FromString(message)
         _log_fields(context)["sent_bytes"] = checked.size
 
-    def ReadFile(
-        self, request: pb.ReadFileRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.ReadFileResponse]:
+    def ReadFile(self, request: pb.ReadFileRequest, context: grpc.ServicerContext) -> Iterator[Any]:
         opened = self._open(request.webc_sha256, request, context)
         found = opened.contents.file(request.volume, request.path)
         checked = found.checked
@@ -208,8 +204,8 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
                 volume=found.volume,
             )
         )
-        for piece in checked.chunks(CHUNK):
-            yield pb.ReadFileResponse(chunk=bytes(piece))
+        for message in _content_chunks(checked):
+            yield message if self.preserialized else pb.ReadFileResponse.FromString(message)
         _log_fields(context)["sent_bytes"] = checked.size
 
     def ListDirectory(
@@ -303,6 +299,9 @@ def add_to_server(servicer: PackageLoaderServicer, server: grpc.Server) -> None:
     add_PackageLoaderServiceServicer_to_server(servicer, cast(grpc.Server, recorder))
     handlers = dict(recorder.handlers)
     handlers["Load"] = handlers["Load"]._replace(response_serializer=_serialize_load)
+    # GetAtom and ReadFile chunks are framed the same way (field 2, bytes): built as bytes too.
+    for name in ("GetAtom", "ReadFile"):
+        handlers[name] = handlers[name]._replace(response_serializer=_serialize_load)
     servicer.preserialized = True
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     # Registered methods skip grpcio's generic lookup per call; grpc-stubs does not know it yet.
@@ -351,6 +350,15 @@ def _chunk_messages(stored: StoredPackage) -> Iterator[bytes]:
             piece = view[start : start + CHUNK]
             header = _FULL_CHUNK_HEADER if len(piece) == CHUNK else _CHUNK_TAG + _varint(len(piece))
             yield b"".join((header, piece))
+
+
+def _content_chunks(checked: contents.Checked) -> Iterator[bytes]:
+    """`GetAtomResponse{chunk}` / `ReadFileResponse{chunk}` bytes (both: field 2, bytes) for each
+    1 MiB piece of a checked content. Building the messages with protobuf cost 2.5 times the
+    sha256 pass over the same bytes; framing them here costs one copy."""
+    for piece in checked.chunks(CHUNK):
+        header = _FULL_CHUNK_HEADER if len(piece) == CHUNK else _CHUNK_TAG + _varint(len(piece))
+        yield b"".join((header, piece))
 
 
 def _package_message(result: LoadResult, package_id: str) -> bytes:
