@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import subprocess
@@ -29,7 +30,8 @@ from pkgloader_client import (
     pb,
 )
 
-from tests.client.conftest import VENV_BIN, custom_server, run
+from tests.client.conftest import VENV_BIN, custom_server, run, tool
+from tests.client.test_polyglot import needs_x86_64
 from tests.conftest import DASH, STATIC, Running, sha256
 
 CLI = str(VENV_BIN / "pkgloader-client")
@@ -218,3 +220,40 @@ def test_cli_contents_errors_have_their_exit_codes(server: Running, tmp_path: Pa
     assert result.returncode == 5
     assert "CONTENT_HASH_MISMATCH" in result.stderr
     assert not out.exists()
+
+
+def _json_stream(text: str) -> list[Any]:
+    """The JSON objects grpcurl prints one after the other for a server stream."""
+    decoder, items, pos = json.JSONDecoder(), [], 0
+    while pos < len(text):
+        if text[pos].isspace():
+            pos += 1
+            continue
+        item, pos = decoder.raw_decode(text, pos)
+        items.append(item)
+    return items
+
+
+@needs_x86_64
+def test_grpcurl_lists_a_volume_and_gets_an_atom(server: Running) -> None:
+    """The README's grpcurl calls work through reflection alone: ListDirectory returns paths,
+    GetAtom the info then base64 chunks that join to a wasm module hashing to info.sha256."""
+    grpcurl = tool(VENV_BIN / "grpcurl", "make test (installs the dev extras)")
+    server.load(DASH.url, DASH.sha256)
+    service = "pkgloader.v1.PackageLoaderService"
+    body = json.dumps(
+        {"webc_sha256": DASH.sha256, "volume": "atom", "path": "/", "recursive": True}
+    )
+    listed = run([grpcurl, "-plaintext", "-d", body, server.address, f"{service}/ListDirectory"])
+    assert listed.returncode == 0, listed.stderr
+    path, _ = _dash_file()
+    assert path in {e["path"] for e in json.loads(listed.stdout)["entries"]}
+    body = json.dumps({"webc_sha256": DASH.sha256, "atom_name": "dash"})
+    got = run([grpcurl, "-plaintext", "-d", body, server.address, f"{service}/GetAtom"])
+    assert got.returncode == 0, got.stderr
+    items = _json_stream(got.stdout)
+    info = items[0]["info"]
+    data = b"".join(base64.b64decode(i["chunk"]) for i in items[1:])
+    assert data.startswith(b"\0asm")
+    assert hashlib.sha256(data).hexdigest() == info["sha256"]
+    assert int(info["size"]) == len(data)
