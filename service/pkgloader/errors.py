@@ -24,6 +24,7 @@
     │   ├── VolumeNotFound           no such volume in the package
     │   └── PathNotFound             no such file or directory in the volume
     ├── InvalidPackage               the bytes are not a package that parses
+    ├── CacheFileChanged             a cached file was truncated or replaced while being read
     ├── Cancelled                    the caller went away (nobody reads it; logged only)
     ├── DeadlineExceeded             the call's deadline (the client's or the server's) passed
     └── ResourceExhausted            a limit was reached
@@ -166,6 +167,13 @@ class PathNotFound(NotFound):
 
 class InvalidPackage(PkgloaderError):
     reason = "INVALID_PACKAGE"
+
+
+class CacheFileChanged(PkgloaderError):
+    """A disk cache file shrank under a read in progress (another replica, an operator, NFS).
+    What was sent so far cannot be completed; a new call reads (or fetches) the package again."""
+
+    reason = "CACHE_FILE_CHANGED"
 
 
 class Cancelled(PkgloaderError):
