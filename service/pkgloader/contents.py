@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 from pkgloader import formats
 from pkgloader.errors import (
     AtomNotFound,
+    CacheFileChanged,
     ContentHashMismatch,
     InvalidPackage,
     InvalidPath,
@@ -115,9 +116,14 @@ def _pieces(content: Readable, max: int, what: str) -> Iterator[bytes | memoryvi
                 with memoryview(piece) as view:
                     for start in range(0, len(view), max):
                         yield view[start : start + max]
+    except formats.ContentChanged as exc:
+        # The cache file shrank under the read (another replica, an operator): as for Load's
+        # stream, the call ends and a new one reads (or fetches) the package again.
+        raise CacheFileChanged(
+            f"{what}: the cached file changed while it was being read; try again"
+        ) from exc
     except formats.FormatError as exc:
-        # The reader found the bytes damaged or changed under it (a cache file truncated by
-        # someone else): the package, not the call, is at fault.
+        # The reader found the bytes damaged: the package, not the call, is at fault.
         raise InvalidPackage(f"{what}: cannot be read: {exc}") from exc
 
 
@@ -215,8 +221,8 @@ class PackageContents:
         self._stored = stored
         self._container = stored.container
         self._label = label
-        # A package the memory tier holds is a `bytes` object: immutable, so read once suffices.
-        self._stable = isinstance(stored.buffer, bytes)
+        # A package the memory tier holds is immutable process memory: hashing once suffices.
+        self._stable = stored.in_memory
 
     def atom(self, name: str) -> AtomContent:
         """The atom `name`, hashed and checked against its manifest signature when it has one."""
