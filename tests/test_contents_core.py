@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from pkgloader import contents
-from pkgloader.errors import ContentHashMismatch, InvalidPath
+from pkgloader import contents, formats
+from pkgloader.errors import CacheFileChanged, ContentHashMismatch, InvalidPath
+
+from tests.formats import _writers as w
 
 
 class _Bytes:
@@ -107,3 +111,25 @@ def test_stable_content_is_not_hashed_twice() -> None:
     source.data = b"b" * 3000  # impossible for real stable content; shows no re-hash happens
     assert b"".join(checked.chunks(1000)) == source.data
     assert source.reads == 2
+
+
+def test_a_file_truncated_between_the_passes_is_cache_file_changed(tmp_path: Path) -> None:
+    """A package file that shrinks after the hash pass ends the send pass with CacheFileChanged
+    (ABORTED, as under Load), not a crash and not a silently short atom."""
+    atom = bytes(range(256)) * (3 * 4096)  # 3 MiB
+    raw = w.write_indexed({}, {"a": atom}, {}, v3=False)
+    path = tmp_path / "p.webc"
+    path.write_bytes(raw)
+    with formats.open_package(path) as container:
+        content = container.get_atom("a")
+        assert content is not None
+        checked = contents.check(content, None, what="atom 'a'")
+        os.truncate(path, len(raw) - 2 * contents.CHUNK)
+        received: list[bytes] = []
+
+        def drain() -> None:
+            received.extend(bytes(piece) for piece in checked.chunks())
+
+        with pytest.raises(CacheFileChanged):
+            drain()
+    assert sum(map(len, received)) < len(atom)
