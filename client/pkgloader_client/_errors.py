@@ -23,7 +23,8 @@
     │   └── CacheFull                  CACHE_FULL
     ├── Cancelled                      the call was cancelled
     ├── DeadlineExceeded               the call's deadline passed
-    ├── ServiceUnavailable             the server cannot be reached (UNAVAILABLE, no ErrorInfo)
+    ├── ServiceUnavailable             the server cannot be reached (UNAVAILABLE, no ErrorInfo),
+    │                                  or CACHE_FILE_CHANGED: a cached file changed under the read
     ├── InternalError                  INTERNAL, UNKNOWN and any code without a better class
     └── TransferError                  what arrived does not match the package's size or sha256
 
@@ -263,6 +264,8 @@ REASONS: dict[str, type[PkgloaderError]] = {
     "RESOURCE_EXHAUSTED": ResourceExhausted,
     "PACKAGE_TOO_LARGE": PackageTooLarge,
     "CACHE_FULL": CacheFull,
+    # A cache file truncated under a Load (ABORTED): a new call reads it afresh.
+    "CACHE_FILE_CHANGED": ServiceUnavailable,
     "INTERNAL": InternalError,
 }
 

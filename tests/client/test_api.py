@@ -61,6 +61,7 @@ EXPECTED = {
     "ATOM_NOT_FOUND": pkgloader_client.AtomNotFound,
     "VOLUME_NOT_FOUND": pkgloader_client.VolumeNotFound,
     "PATH_NOT_FOUND": pkgloader_client.PathNotFound,
+    "CACHE_FILE_CHANGED": pkgloader_client.ServiceUnavailable,
 }
 
 
