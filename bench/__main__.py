@@ -29,6 +29,7 @@ BENCHMARKS = [
     "first_byte",
     "formats_open",
     "resolve",
+    "atom_stream",
 ]
 
 

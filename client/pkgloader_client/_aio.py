@@ -6,12 +6,12 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pkgloader_client._client import Progress, _translated
+from pkgloader_client._client import Progress, _sink, _translated
 from pkgloader_client._config import (
     DEFAULT_LOAD_TIMEOUT,
     DEFAULT_TARGET,
@@ -19,10 +19,14 @@ from pkgloader_client._config import (
     SERVICE_NAME,
     AtomicFile,
     Connection,
+    ContentSink,
     HashValidation,
     PathLike,
     evict_request,
+    get_atom_request,
+    list_directory_request,
     load_request,
+    read_file_request,
     retain_request,
     validate_request,
 )
@@ -33,7 +37,10 @@ from pkgloader_client._generated.pkgloader.v1.package_loader_pb2_grpc import (
 )
 from pkgloader_client._models import (
     CacheEntry,
+    Content,
+    ContentInfo,
     EvictResult,
+    Listing,
     Package,
     Resolution,
     RetainResult,
@@ -265,3 +272,127 @@ class AsyncPackageLoaderClient:
                 return ServingStatus.SERVICE_UNKNOWN
             raise from_rpc_error(exc) from exc
         return ServingStatus(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    # -- contents: GetAtom, ReadFile, ListDirectory ------------------------------------------
+
+    async def get_atom(
+        self,
+        sha256: str,
+        name: str,
+        *,
+        url: str | None = None,
+        package_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Content:
+        """One atom of a package, in memory (see `PackageLoaderClient.get_atom`)."""
+        request = get_atom_request(sha256, name, url=url, package_id=package_id)
+        sink = ContentSink()
+        info = await self._receive(self.stub.GetAtom, request, sink, timeout, None)
+        return Content(info, sink.data)
+
+    async def get_atom_to(
+        self,
+        target: PathLike | BinaryIO,
+        sha256: str,
+        name: str,
+        *,
+        url: str | None = None,
+        package_id: str | None = None,
+        timeout: float | None = None,
+        progress: Progress | None = None,
+    ) -> ContentInfo:
+        """Stream an atom into `target`: a path (written atomically) or an open binary file."""
+        request = get_atom_request(sha256, name, url=url, package_id=package_id)
+        sink = await asyncio.to_thread(_sink, target)
+        return await self._receive(self.stub.GetAtom, request, sink, timeout, progress)
+
+    async def read_file(
+        self,
+        sha256: str,
+        volume: str,
+        path: str,
+        *,
+        url: str | None = None,
+        package_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Content:
+        """One file of a package's volume, in memory (`path` from the volume's root)."""
+        request = read_file_request(sha256, volume, path, url=url, package_id=package_id)
+        sink = ContentSink()
+        info = await self._receive(self.stub.ReadFile, request, sink, timeout, None)
+        return Content(info, sink.data)
+
+    async def read_file_to(
+        self,
+        target: PathLike | BinaryIO,
+        sha256: str,
+        volume: str,
+        path: str,
+        *,
+        url: str | None = None,
+        package_id: str | None = None,
+        timeout: float | None = None,
+        progress: Progress | None = None,
+    ) -> ContentInfo:
+        """Stream a file into `target` (a path, written atomically, or an open binary file)."""
+        request = read_file_request(sha256, volume, path, url=url, package_id=package_id)
+        sink = await asyncio.to_thread(_sink, target)
+        return await self._receive(self.stub.ReadFile, request, sink, timeout, progress)
+
+    async def list_directory(
+        self,
+        sha256: str,
+        volume: str,
+        path: str = "/",
+        *,
+        recursive: bool = False,
+        url: str | None = None,
+        package_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Listing:
+        """The entries of a directory of a volume (with `recursive`, of its whole subtree)."""
+        request = list_directory_request(
+            sha256, volume, path, recursive=recursive, url=url, package_id=package_id
+        )
+        default = self.timeout if url is None else self.load_timeout
+        with _translated():
+            response = await self.stub.ListDirectory(request, **self._call_args(timeout, default))
+        return Listing.from_proto(response)
+
+    async def _receive(
+        self,
+        method: Any,
+        request: Any,
+        sink: ContentSink | AtomicFile,
+        timeout: float | None,
+        progress: Progress | None,
+    ) -> ContentInfo:
+        """Run a GetAtom/ReadFile stream into `sink`; check what arrived against its `info`."""
+        call = None
+        in_memory = isinstance(sink, ContentSink) and sink.in_memory
+        try:
+            with _translated():
+                call = method(request, **self._call_args(timeout, self.load_timeout))
+                first = await call.read()
+                if first is _EOF or first.WhichOneof("item") != "info":
+                    raise InternalError("the stream did not start with the content info")
+                info = first.info
+                if progress is not None:
+                    progress(0, info.size)
+                while (response := await call.read()) is not _EOF:
+                    if response.WhichOneof("item") != "chunk":
+                        raise InternalError("the stream sent a second info item")
+                    if in_memory:
+                        sink.write(response.chunk)
+                    else:
+                        # File I/O off the event loop: a 1 MiB write can block on a slow disk.
+                        await asyncio.to_thread(sink.write, response.chunk)
+                    if progress is not None:
+                        progress(sink.received, info.size)
+            await asyncio.to_thread(sink.commit, info.size, info.sha256)
+        except BaseException:
+            sink.discard()
+            if call is not None:
+                call.cancel()
+            raise
+        return ContentInfo.from_proto(info)

@@ -28,9 +28,11 @@ from rich.table import Table
 from pkgloader_client._client import PackageLoaderClient
 from pkgloader_client._config import DEFAULT_TARGET
 from pkgloader_client._errors import (
+    AtomNotFound,
     CacheFull,
     Cancelled,
     ContentDecodingError,
+    ContentHashMismatch,
     DeadlineExceeded,
     DependencyCycle,
     DuplicateVersions,
@@ -42,8 +44,11 @@ from pkgloader_client._errors import (
     InvalidSpecifier,
     NoDiskCache,
     NoMatchingVersion,
+    NotFound,
+    PackageNotCached,
     PackageNotFound,
     PackageTooLarge,
+    PathNotFound,
     PermissionDenied,
     PkgloaderError,
     RegistryRejected,
@@ -56,8 +61,9 @@ from pkgloader_client._errors import (
     UnknownPackage,
     UpstreamRejected,
     UpstreamUnavailable,
+    VolumeNotFound,
 )
-from pkgloader_client._models import Package, ServingStatus
+from pkgloader_client._models import EntryKind, Package, ServingStatus
 from pkgloader_client._sizes import parse_size
 from pkgloader_client._version import __version__
 
@@ -100,6 +106,14 @@ EXIT_CODES: dict[type[PkgloaderError], int] = {
     ResolveError: 17,
     DependencyCycle: 17,
     DuplicateVersions: 17,
+    # Contents calls: "not there" is the same exit as a package upstream does not have, and a
+    # corrupt atom or file the same as a package whose hash does not match.
+    NotFound: 4,
+    PackageNotCached: 4,
+    AtomNotFound: 4,
+    VolumeNotFound: 4,
+    PathNotFound: 4,
+    ContentHashMismatch: 5,
 }
 
 _HEX = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -237,6 +251,37 @@ def parser() -> argparse.ArgumentParser:
 
     health = command("health", "the server's health status (exit 15 unless SERVING)")
     health.add_argument("--service", default=None, help='the service to ask for ("" = server)')
+
+    def contents(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--url",
+            help="where the server loads the package from when it is not cached (with sha256)",
+        )
+
+    atom = command("atom", "save one atom of a cached package (-o FILE, or - for stdout)")
+    atom.add_argument("sha256", type=_sha256, help="the package's sha256 (hex)")
+    atom.add_argument("name", help="the atom's name, as the manifest has it")
+    atom.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE, or - for stdout")
+    atom.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: when stderr is a terminal)",
+    )
+    contents(atom)
+
+    cat = command("cat", "write one file of a package's volume to stdout")
+    cat.add_argument("sha256", type=_sha256, help="the package's sha256 (hex)")
+    cat.add_argument("volume", help="the volume, as stored (atom, metadata, /settings, ...)")
+    cat.add_argument("path", help="the file's full path in the volume (/README.md)")
+    contents(cat)
+
+    ls = command("ls", "list a directory of a package's volume")
+    ls.add_argument("sha256", type=_sha256, help="the package's sha256 (hex)")
+    ls.add_argument("volume", help="the volume, as stored (atom, metadata, /settings, ...)")
+    ls.add_argument("path", nargs="?", default="/", help="the directory (default /)")
+    ls.add_argument("-r", "--recursive", action="store_true", help="list the whole subtree")
+    contents(ls)
     return root
 
 
@@ -497,6 +542,70 @@ def _resolve(client: PackageLoaderClient, args: argparse.Namespace, out: _Output
     return OK
 
 
+def _atom(client: PackageLoaderClient, args: argparse.Namespace, out: _Output) -> int:
+    common = {"url": args.url, "timeout": args.timeout}
+    if args.output == "-":
+        client.get_atom_to(sys.stdout.buffer, args.sha256, args.name, **common)
+        return OK  # stdout holds the atom: nothing else may go there
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    console = Console(stderr=True, force_terminal=True if args.progress else None)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        disable=not show,
+    ) as bar:
+        task = bar.add_task(args.name, total=None)
+
+        def progress(received: int, total: int) -> None:
+            bar.update(task, completed=received, total=total)
+
+        info = client.get_atom_to(args.output, args.sha256, args.name, progress=progress, **common)
+    if out.as_json:
+        data = info.to_dict()
+        data["output"] = args.output
+        out.json(data)
+    else:
+        out.line(f"{info.name}: {info.size} bytes ({_human(info.size)}), sha256 {info.sha256}")
+        out.line(f"saved to {args.output}")
+    return OK
+
+
+def _cat(client: PackageLoaderClient, args: argparse.Namespace, out: _Output) -> int:
+    client.read_file_to(
+        sys.stdout.buffer, args.sha256, args.volume, args.path, url=args.url, timeout=args.timeout
+    )
+    return OK
+
+
+def _ls(client: PackageLoaderClient, args: argparse.Namespace, out: _Output) -> int:
+    listing = client.list_directory(
+        args.sha256,
+        args.volume,
+        args.path,
+        recursive=args.recursive,
+        url=args.url,
+        timeout=args.timeout,
+    )
+    if out.as_json:
+        out.json(listing.to_dict())
+        return OK
+    for e in listing.entries:
+        if e.kind is EntryKind.DIRECTORY:
+            out.line(f"{'':>10}  {e.path}/")
+        else:
+            out.line(f"{e.size:>10}  {e.path}")
+    if listing.truncated:
+        print(
+            f"{PROG}: listed {len(listing.entries)} of {listing.total_entries} entries "
+            "(the server caps a listing); list a subdirectory for the rest",
+            file=sys.stderr,
+        )
+    return OK
+
+
 _COMMANDS: dict[str, Callable[[PackageLoaderClient, argparse.Namespace, _Output], int]] = {
     "load": _load,
     "scan": _scan,
@@ -505,6 +614,9 @@ _COMMANDS: dict[str, Callable[[PackageLoaderClient, argparse.Namespace, _Output]
     "validate": _validate,
     "health": _health,
     "resolve": _resolve,
+    "atom": _atom,
+    "cat": _cat,
+    "ls": _ls,
 }
 
 

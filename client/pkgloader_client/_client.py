@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -18,10 +19,14 @@ from pkgloader_client._config import (
     SERVICE_NAME,
     AtomicFile,
     Connection,
+    ContentSink,
     HashValidation,
     PathLike,
     evict_request,
+    get_atom_request,
+    list_directory_request,
     load_request,
+    read_file_request,
     retain_request,
     validate_request,
 )
@@ -32,7 +37,10 @@ from pkgloader_client._generated.pkgloader.v1.package_loader_pb2_grpc import (
 )
 from pkgloader_client._models import (
     CacheEntry,
+    Content,
+    ContentInfo,
     EvictResult,
+    Listing,
     Package,
     Resolution,
     RetainResult,
@@ -281,3 +289,131 @@ class PackageLoaderClient:
                 return ServingStatus.SERVICE_UNKNOWN
             raise from_rpc_error(exc) from exc
         return ServingStatus(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    # -- contents: GetAtom, ReadFile, ListDirectory ------------------------------------------
+
+    def get_atom(
+        self,
+        sha256: str,
+        name: str,
+        *,
+        url: str | None = None,
+        package_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Content:
+        """One atom of a package, in memory, checked against the sha256 the server announced.
+        The package must be cached on the server, or `url` says where to load it from."""
+        request = get_atom_request(sha256, name, url=url, package_id=package_id)
+        sink = ContentSink()
+        info = self._receive(self.stub.GetAtom, request, sink, timeout, None)
+        return Content(info, sink.data)
+
+    def get_atom_to(
+        self,
+        target: PathLike | BinaryIO,
+        sha256: str,
+        name: str,
+        *,
+        url: str | None = None,
+        package_id: str | None = None,
+        timeout: float | None = None,
+        progress: Progress | None = None,
+    ) -> ContentInfo:
+        """Stream an atom into `target`: a path (written atomically, as `load_to` does) or an
+        open binary file (such as stdout)."""
+        request = get_atom_request(sha256, name, url=url, package_id=package_id)
+        return self._receive(self.stub.GetAtom, request, _sink(target), timeout, progress)
+
+    def read_file(
+        self,
+        sha256: str,
+        volume: str,
+        path: str,
+        *,
+        url: str | None = None,
+        package_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Content:
+        """One file of a package's volume, in memory (`path` from the volume's root)."""
+        request = read_file_request(sha256, volume, path, url=url, package_id=package_id)
+        sink = ContentSink()
+        info = self._receive(self.stub.ReadFile, request, sink, timeout, None)
+        return Content(info, sink.data)
+
+    def read_file_to(
+        self,
+        target: PathLike | BinaryIO,
+        sha256: str,
+        volume: str,
+        path: str,
+        *,
+        url: str | None = None,
+        package_id: str | None = None,
+        timeout: float | None = None,
+        progress: Progress | None = None,
+    ) -> ContentInfo:
+        """Stream a file into `target` (a path, written atomically, or an open binary file)."""
+        request = read_file_request(sha256, volume, path, url=url, package_id=package_id)
+        return self._receive(self.stub.ReadFile, request, _sink(target), timeout, progress)
+
+    def list_directory(
+        self,
+        sha256: str,
+        volume: str,
+        path: str = "/",
+        *,
+        recursive: bool = False,
+        url: str | None = None,
+        package_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Listing:
+        """The entries of a directory of a volume (with `recursive`, of its whole subtree)."""
+        request = list_directory_request(
+            sha256, volume, path, recursive=recursive, url=url, package_id=package_id
+        )
+        default = self.timeout if url is None else self.load_timeout
+        with _translated():
+            return Listing.from_proto(
+                self.stub.ListDirectory(request, **self._call_args(timeout, default))
+            )
+
+    def _receive(
+        self,
+        method: Any,
+        request: Any,
+        sink: ContentSink | AtomicFile,
+        timeout: float | None,
+        progress: Progress | None,
+    ) -> ContentInfo:
+        """Run a GetAtom/ReadFile stream into `sink`; check what arrived against its `info`."""
+        call = None
+        try:
+            with _translated():
+                # The load deadline: the stream may wait for a download, and an atom is large.
+                call = method(request, **self._call_args(timeout, self.load_timeout))
+                responses = iter(call)
+                first = next(responses, None)
+                if first is None or first.WhichOneof("item") != "info":
+                    raise InternalError("the stream did not start with the content info")
+                info = first.info
+                if progress is not None:
+                    progress(0, info.size)
+                for response in responses:
+                    if response.WhichOneof("item") != "chunk":
+                        raise InternalError("the stream sent a second info item")
+                    sink.write(response.chunk)
+                    if progress is not None:
+                        progress(sink.received, info.size)
+            sink.commit(info.size, info.sha256)
+        except BaseException:
+            sink.discard()
+            if call is not None:
+                call.cancel()  # a no-op once the call ended
+            raise
+        return ContentInfo.from_proto(info)
+
+
+def _sink(target: PathLike | BinaryIO) -> ContentSink | AtomicFile:
+    if isinstance(target, str | os.PathLike):
+        return AtomicFile(target)
+    return ContentSink(target)

@@ -227,3 +227,97 @@ class AtomicFile:
     def discard(self) -> None:
         self._file.close()
         self.temp.unlink(missing_ok=True)
+
+
+# -- contents calls (GetAtom, ReadFile, ListDirectory) ------------------------------------------
+
+
+def _summary(url: str | None, sha256: str, package_id: str | None) -> pb.PackageSummary | None:
+    """A summary to load the package from when it is not cached (only with a URL)."""
+    if url is None:
+        return None
+    return pb.PackageSummary(
+        package_id=package_id or "", dist=pb.DistributionInfo(webc_url=url, webc_sha256=sha256)
+    )
+
+
+def get_atom_request(
+    sha256: str, name: str, *, url: str | None, package_id: str | None
+) -> pb.GetAtomRequest:
+    return pb.GetAtomRequest(
+        webc_sha256=sha256, atom_name=name, summary=_summary(url, sha256, package_id)
+    )
+
+
+def read_file_request(
+    sha256: str, volume: str, path: str, *, url: str | None, package_id: str | None
+) -> pb.ReadFileRequest:
+    return pb.ReadFileRequest(
+        webc_sha256=sha256, volume=volume, path=path, summary=_summary(url, sha256, package_id)
+    )
+
+
+def list_directory_request(
+    sha256: str,
+    volume: str,
+    path: str,
+    *,
+    recursive: bool,
+    url: str | None,
+    package_id: str | None,
+) -> pb.ListDirectoryRequest:
+    return pb.ListDirectoryRequest(
+        webc_sha256=sha256,
+        volume=volume,
+        path=path,
+        recursive=recursive,
+        summary=_summary(url, sha256, package_id),
+    )
+
+
+class ContentSink:
+    """Where an atom or file goes as it arrives: kept in memory (`file=None`) or written to an
+    open binary file (stdout), counted and hashed; `commit` checks size and sha256 against what
+    the server announced. (A named file goes through `AtomicFile`, which does the same.)"""
+
+    def __init__(self, file: BinaryIO | None = None) -> None:
+        self._file = file
+        self._parts: list[bytes] = []
+        self._hash = hashlib.sha256()
+        self.received = 0
+
+    def write(self, chunk: bytes) -> None:
+        if self._file is None:
+            self._parts.append(chunk)
+        else:
+            self._file.write(chunk)
+        self._hash.update(chunk)
+        self.received += len(chunk)
+
+    @property
+    def in_memory(self) -> bool:
+        return self._file is None
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self._parts)
+
+    def commit(self, size: int, sha256: str) -> None:
+        actual = self._hash.hexdigest()
+        if self.received != size:
+            raise TransferError(
+                f"received {self.received} bytes of a {size}-byte content",
+                code=grpc.StatusCode.DATA_LOSS,
+                metadata={"expected_size": str(size), "actual_size": str(self.received)},
+            )
+        if actual != sha256.lower():
+            raise TransferError(
+                f"received bytes hash to {actual}, the server announced {sha256.lower()}",
+                code=grpc.StatusCode.DATA_LOSS,
+                metadata={"expected_sha256": sha256.lower(), "actual_sha256": actual},
+            )
+        if self._file is not None:
+            self._file.flush()
+
+    def discard(self) -> None:
+        self._parts.clear()

@@ -1,7 +1,7 @@
 """The client's exception tree, built from the status code and the server's `ErrorInfo` reason.
 
     PkgloaderError                     base: .code, .reason, .message, .metadata
-    ├── InvalidArgument                INVALID_ARGUMENT, INVALID_SHA256, INVALID_URL
+    ├── InvalidArgument                INVALID_ARGUMENT, INVALID_SHA256, INVALID_URL, INVALID_PATH
     ├── PermissionDenied               ACCESS_DENIED, FILE_OUTSIDE_ROOTS
     ├── Unauthenticated                no or a bad token (said by a gateway in front of the service)
     ├── NoDiskCache                    a cache RPC on a server without a disk cache
@@ -11,6 +11,12 @@
     │   ├── UpstreamUnavailable        UPSTREAM_UNAVAILABLE (5xx, connection failure, timeout)
     │   └── ContentDecodingError       CONTENT_DECODING
     ├── HashMismatch                   HASH_MISMATCH: .expected_sha256, .actual_sha256
+    │   └── ContentHashMismatch        CONTENT_HASH_MISMATCH: an atom or file is corrupt
+    ├── NotFound                       NOT_FOUND: a content of a package is not there
+    │   ├── PackageNotCached           PACKAGE_NOT_CACHED (and no summary to load it from)
+    │   ├── AtomNotFound               ATOM_NOT_FOUND
+    │   ├── VolumeNotFound             VOLUME_NOT_FOUND
+    │   └── PathNotFound               PATH_NOT_FOUND
     ├── InvalidPackage                 INVALID_PACKAGE: the bytes are not a package that parses
     ├── ResourceExhausted              RESOURCE_EXHAUSTED, TOO_MANY_STREAMS
     │   ├── PackageTooLarge            PACKAGE_TOO_LARGE
@@ -149,6 +155,42 @@ class HashMismatch(PkgloaderError):
         return self.metadata.get("actual_sha256", "")
 
 
+class ContentHashMismatch(HashMismatch):
+    """An atom or volume file does not hash to the sha256 its package records; never served."""
+
+    default_reason = "CONTENT_HASH_MISMATCH"
+
+
+class NotFound(PkgloaderError):
+    """Something a contents call names (package, atom, volume, path) is not there."""
+
+    default_reason = "NOT_FOUND"
+
+
+class PackageNotCached(NotFound):
+    """The package is not in the server's cache, and the call gave no summary to load it from."""
+
+    default_reason = "PACKAGE_NOT_CACHED"
+
+
+class AtomNotFound(NotFound):
+    """The package has no atom of that name."""
+
+    default_reason = "ATOM_NOT_FOUND"
+
+
+class VolumeNotFound(NotFound):
+    """The package has no volume of that name."""
+
+    default_reason = "VOLUME_NOT_FOUND"
+
+
+class PathNotFound(NotFound):
+    """The volume has no file (or directory) at that path."""
+
+    default_reason = "PATH_NOT_FOUND"
+
+
 class InvalidPackage(PkgloaderError):
     """The bytes are not a package the server can parse."""
 
@@ -256,6 +298,7 @@ REASONS: dict[str, type[PkgloaderError]] = {
     "INVALID_ARGUMENT": InvalidArgument,
     "INVALID_SHA256": InvalidArgument,
     "INVALID_URL": InvalidArgument,
+    "INVALID_PATH": InvalidArgument,
     "ACCESS_DENIED": PermissionDenied,
     "FILE_OUTSIDE_ROOTS": PermissionDenied,
     "UPSTREAM_BLOCKED": PermissionDenied,
@@ -269,6 +312,12 @@ REASONS: dict[str, type[PkgloaderError]] = {
     "UPSTREAM_UNAVAILABLE": UpstreamUnavailable,
     "CONTENT_DECODING": ContentDecodingError,
     "HASH_MISMATCH": HashMismatch,
+    "CONTENT_HASH_MISMATCH": ContentHashMismatch,
+    "NOT_FOUND": NotFound,
+    "PACKAGE_NOT_CACHED": PackageNotCached,
+    "ATOM_NOT_FOUND": AtomNotFound,
+    "VOLUME_NOT_FOUND": VolumeNotFound,
+    "PATH_NOT_FOUND": PathNotFound,
     "INVALID_PACKAGE": InvalidPackage,
     "CANCELLED": Cancelled,
     "RESOURCE_EXHAUSTED": ResourceExhausted,

@@ -351,3 +351,95 @@ class Resolution(_Data):
             warnings=list(r.warnings),
             message=m,
         )
+
+
+# -- contents calls ---------------------------------------------------------------------------
+
+
+class EntryKind(enum.Enum):
+    """What a directory entry is."""
+
+    UNSPECIFIED = "unspecified"
+    FILE = "file"
+    DIRECTORY = "directory"
+
+
+_KINDS = {
+    pb.ENTRY_KIND_UNSPECIFIED: EntryKind.UNSPECIFIED,
+    pb.ENTRY_KIND_FILE: EntryKind.FILE,
+    pb.ENTRY_KIND_DIRECTORY: EntryKind.DIRECTORY,
+}
+
+
+def _time(message: pb.ContentInfo | pb.DirectoryEntry) -> dt.datetime | None:
+    if not message.HasField("modified"):
+        return None
+    return message.modified.ToDatetime(tzinfo=dt.UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class ContentInfo(_Data):
+    """What GetAtom or ReadFile says of the bytes before sending them."""
+
+    name: str  # the atom's name, or the file's full path in its volume
+    size: int
+    sha256: str  # computed by the server from the bytes, and checked by the client on arrival
+    signature: str  # atoms: the manifest's signature
+    kind: str  # atoms: the manifest's kind
+    modified: dt.datetime | None  # files: where the format stores it (webc v3)
+    volume: str  # files: the volume
+
+    @classmethod
+    def from_proto(cls, i: pb.ContentInfo) -> ContentInfo:
+        return cls(
+            name=i.name,
+            size=i.size,
+            sha256=i.sha256,
+            signature=i.signature,
+            kind=i.kind,
+            modified=_time(i),
+            volume=i.volume,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Content(_Data):
+    """An atom or a file, held in memory (for large ones prefer `get_atom_to`/`read_file_to`)."""
+
+    info: ContentInfo
+    data: bytes = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectoryEntry(_Data):
+    path: str  # the full path from the volume's root: what read_file/list_directory accept
+    kind: EntryKind
+    size: int
+    sha256: str  # files: as the package records it (webc v3), else ""
+    modified: dt.datetime | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing(_Data):
+    """A directory listing; `truncated` when the server left entries out (see `total_entries`)."""
+
+    entries: tuple[DirectoryEntry, ...]
+    truncated: bool
+    total_entries: int
+
+    @classmethod
+    def from_proto(cls, r: pb.ListDirectoryResponse) -> Listing:
+        return cls(
+            entries=tuple(
+                DirectoryEntry(
+                    path=e.path,
+                    kind=_KINDS.get(e.kind, EntryKind.UNSPECIFIED),
+                    size=e.size,
+                    sha256=e.sha256,
+                    modified=_time(e),
+                )
+                for e in r.entries
+            ),
+            truncated=r.truncated,
+            total_entries=r.total_entries,
+        )

@@ -3,7 +3,8 @@
     PkgloaderError
     ├── InvalidRequest               bad input from the caller
     │   ├── InvalidHash              not 64 hex digits
-    │   └── InvalidUrl               missing, malformed, or a scheme we do not fetch
+    │   ├── InvalidUrl               missing, malformed, or a scheme we do not fetch
+    │   └── InvalidPath              a content path with `..`, NUL or a backslash
     ├── Unauthenticated              no valid client token (when auth is on)
     ├── AccessDenied                 the request names something it may not reach
     │   ├── FileOutsideRoots         file:// outside the configured roots
@@ -19,6 +20,12 @@
     │   ├── CacheBusy                another replica held the package's download lease too long
     │   └── PublishRefused           a temp file whose size or sha256 is not its name's (a bug)
     ├── HashMismatch                 the bytes do not hash to the expected sha256
+    ├── ContentHashMismatch          an atom or file does not hash to its manifest/header sha256
+    ├── NotFound                     a content the request names is not there
+    │   ├── PackageNotCached         not in memory or on disk, and no summary to load it from
+    │   ├── AtomNotFound             no such atom in the package
+    │   ├── VolumeNotFound           no such volume in the package
+    │   └── PathNotFound             no such file or directory in the volume
     ├── InvalidPackage               the bytes are not a package that parses
     ├── CacheFileChanged             a cached file was truncated or replaced while being read
     ├── Cancelled                    the caller went away (nobody reads it; logged only)
@@ -68,6 +75,10 @@ class InvalidHash(InvalidRequest):
 
 class InvalidUrl(InvalidRequest):
     reason = "INVALID_URL"
+
+
+class InvalidPath(InvalidRequest):
+    reason = "INVALID_PATH"
 
 
 class AccessDenied(PkgloaderError):
@@ -152,6 +163,42 @@ class HashMismatch(PkgloaderError):
         self.expected = expected
         self.actual = actual
         self.source = source
+
+
+class ContentHashMismatch(PkgloaderError):
+    """An atom or volume file whose bytes do not hash to what the package itself records."""
+
+    reason = "CONTENT_HASH_MISMATCH"
+
+    def __init__(self, *, what: str, expected: str, actual: str) -> None:
+        super().__init__(
+            f"{what}: the bytes hash to sha256 {actual}, but the package records {expected}; "
+            "refusing to serve corrupt content",
+            expected_sha256=expected,
+            actual_sha256=actual,
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class NotFound(PkgloaderError):
+    reason = "NOT_FOUND"
+
+
+class PackageNotCached(NotFound):
+    reason = "PACKAGE_NOT_CACHED"
+
+
+class AtomNotFound(NotFound):
+    reason = "ATOM_NOT_FOUND"
+
+
+class VolumeNotFound(NotFound):
+    reason = "VOLUME_NOT_FOUND"
+
+
+class PathNotFound(NotFound):
+    reason = "PATH_NOT_FOUND"
 
 
 class InvalidPackage(PkgloaderError):

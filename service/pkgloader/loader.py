@@ -504,18 +504,25 @@ class PackageLoader:
         else:
             spool.close()
 
+    # -- cached lookup (the contents RPCs) -----------------------------------------------------
+
+    def cached(self, sha256: str) -> tuple[StoredPackage, Source] | None:
+        """The package named `sha256` from memory, else from disk (admitted to memory when it
+        fits, as Load does); None when neither has it. Never downloads: a caller without a URL
+        has nothing to download from."""
+        h = WebcHash.parse(sha256)
+        stored = self.memory.get(h.hex)
+        if stored is not None:
+            return stored, Source.MEMORY
+        stored = self._from_disk(h)
+        return None if stored is None else (stored, Source.DISK)
+
     # -- shutdown -----------------------------------------------------------------------------
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    # -- by hash alone, by URL alone (what the resolver needs) --------------------------------
-
-    def cached(self, sha256: str) -> StoredPackage | None:
-        """The package named `sha256` if the memory or disk cache holds it; never downloads."""
-        h = WebcHash.parse(sha256)
-        package = self.memory.get(h.hex)
-        return package if package is not None else self._from_disk(h)
+    # -- by URL alone (what the resolver needs) ------------------------------------------------
 
     def load_url(
         self,

@@ -21,6 +21,8 @@ CLIENT = REPO / "client" / "pkgloader_client"
 def _sample(cls: type[errors.PkgloaderError]) -> errors.PkgloaderError:
     if cls is errors.HashMismatch:
         return cls(expected="a" * 64, actual="b" * 64, source="file:/x")
+    if cls is errors.ContentHashMismatch:
+        return cls(what="atom 'a'", expected="a" * 64, actual="b" * 64)
     return cls(f"{cls.__name__} happened", url="http://127.0.0.1:1/x", status="418")
 
 
@@ -65,6 +67,13 @@ EXPECTED = {
     "DUPLICATE_VERSIONS": pkgloader_client.DuplicateVersions,
     "REGISTRY_UNAVAILABLE": pkgloader_client.RegistryUnavailable,
     "REGISTRY_REJECTED": pkgloader_client.RegistryRejected,
+    "INVALID_PATH": pkgloader_client.InvalidArgument,
+    "CONTENT_HASH_MISMATCH": pkgloader_client.ContentHashMismatch,
+    "NOT_FOUND": pkgloader_client.NotFound,
+    "PACKAGE_NOT_CACHED": pkgloader_client.PackageNotCached,
+    "ATOM_NOT_FOUND": pkgloader_client.AtomNotFound,
+    "VOLUME_NOT_FOUND": pkgloader_client.VolumeNotFound,
+    "PATH_NOT_FOUND": pkgloader_client.PathNotFound,
     "CACHE_FILE_CHANGED": pkgloader_client.ServiceUnavailable,
 }
 
@@ -82,16 +91,22 @@ def test_all_is_pinned() -> None:
         "SERVICE_NAME",
         "AsyncPackageLoaderClient",
         "Atom",
+        "AtomNotFound",
         "Binding",
         "CacheEntry",
         "CacheFull",
         "Cancelled",
         "Command",
+        "Content",
         "ContentDecodingError",
+        "ContentHashMismatch",
+        "ContentInfo",
         "DeadlineExceeded",
         "Dependency",
         "DependencyCycle",
+        "DirectoryEntry",
         "DuplicateVersions",
+        "EntryKind",
         "EvictResult",
         "FetchError",
         "HashMismatch",
@@ -101,15 +116,19 @@ def test_all_is_pinned() -> None:
         "InvalidFile",
         "InvalidPackage",
         "InvalidSpecifier",
+        "Listing",
         "Manifest",
         "MismatchedFile",
         "NoDiskCache",
         "NoMatchingVersion",
+        "NotFound",
         "Package",
         "PackageLoaderClient",
         "PackageLoaderServiceStub",
+        "PackageNotCached",
         "PackageNotFound",
         "PackageTooLarge",
+        "PathNotFound",
         "PermissionDenied",
         "PkgloaderError",
         "Progress",
@@ -133,6 +152,7 @@ def test_all_is_pinned() -> None:
         "UpstreamUnavailable",
         "ValidationReport",
         "Volume",
+        "VolumeNotFound",
         "__version__",
         "parse_size",
         "pb",
@@ -208,7 +228,7 @@ def _client_error_classes() -> list[type[pkgloader_client.PkgloaderError]]:
 def test_every_client_error_class_is_exported_and_has_an_exit_code() -> None:
     """Each class of the tree is public and has its own row in the CLI's exit-code table."""
     classes = _client_error_classes()
-    assert len(set(classes)) == 28
+    assert len(set(classes)) == 34
     assert all(cls.__name__ in pkgloader_client.__all__ for cls in classes)
     assert set(classes) == set(_cli.EXIT_CODES)
 

@@ -46,7 +46,7 @@ class CacheSource:
     def query(self, specifier: Specifier) -> Candidates:
         if not isinstance(specifier, HashSpecifier):
             raise QueryMiss(Miss.UNSUPPORTED)
-        package = self._loader.cached(specifier.sha256)
-        if package is None:
+        found = self._loader.cached(specifier.sha256)
+        if found is None:
             raise QueryMiss(Miss.NOT_FOUND)
-        return Candidates((summary_of(package, ""),))
+        return Candidates((summary_of(found[0], ""),))

@@ -14,7 +14,7 @@ from pkgloader_client.server import (
     pb,
 )
 
-from pkgloader import formats
+from pkgloader import contents, formats
 from pkgloader.cache.disk import Entry
 from pkgloader.errors import InvalidRequest
 from pkgloader.formats.writer import uleb128 as _varint  # a protobuf varint is ULEB128
@@ -202,6 +202,89 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
             cache_path=entry.name,
         )
 
+    # -- contents: GetAtom, ReadFile, ListDirectory ------------------------------------------
+
+    def GetAtom(self, request: pb.GetAtomRequest, context: grpc.ServicerContext) -> Iterator[Any]:
+        opened = self._open(request.webc_sha256, request, context)
+        atom = opened.contents.atom(request.atom_name)  # hashed and checked before any item
+        checked = atom.checked
+        yield pb.GetAtomResponse(
+            info=pb.ContentInfo(
+                name=atom.name,
+                size=checked.size,
+                sha256=checked.sha256,
+                signature=atom.signature,
+                kind=atom.kind,
+            )
+        )
+        for message in _content_chunks(checked):
+            yield message if self.preserialized else pb.GetAtomResponse.FromString(message)
+        _log_fields(context)["sent_bytes"] = checked.size
+
+    def ReadFile(self, request: pb.ReadFileRequest, context: grpc.ServicerContext) -> Iterator[Any]:
+        opened = self._open(request.webc_sha256, request, context)
+        found = opened.contents.file(request.volume, request.path)
+        checked = found.checked
+        yield pb.ReadFileResponse(
+            info=pb.ContentInfo(
+                name=found.path,
+                size=checked.size,
+                sha256=checked.sha256,
+                modified=_stamp(found.modified),
+                volume=found.volume,
+            )
+        )
+        for message in _content_chunks(checked):
+            yield message if self.preserialized else pb.ReadFileResponse.FromString(message)
+        _log_fields(context)["sent_bytes"] = checked.size
+
+    def ListDirectory(
+        self, request: pb.ListDirectoryRequest, context: grpc.ServicerContext
+    ) -> pb.ListDirectoryResponse:
+        opened = self._open(request.webc_sha256, request, context)
+        listing = opened.contents.listing(request.volume, request.path, recursive=request.recursive)
+        return pb.ListDirectoryResponse(
+            entries=[
+                pb.DirectoryEntry(
+                    path=e.path,
+                    kind=pb.ENTRY_KIND_DIRECTORY if e.is_dir else pb.ENTRY_KIND_FILE,
+                    size=e.size,
+                    sha256=e.sha256,
+                    modified=_stamp(e.modified),
+                )
+                for e in listing.entries
+            ],
+            truncated=listing.truncated,
+            total_entries=listing.total,
+        )
+
+    def _open(self, sha256: str, request: Any, context: grpc.ServicerContext) -> contents.Opened:
+        """The package a contents request names, from the cache or (with a summary) loaded."""
+        load = None
+        if request.HasField("summary"):
+            summary = request.summary
+            load = LoadRequest(
+                url=summary.dist.webc_url,
+                sha256=summary.dist.webc_sha256,
+                package_id=summary.package_id,
+                size_hint=summary.dist.webc_size if summary.dist.HasField("webc_size") else None,
+            )
+        log = _log_fields(context)
+        log.update(sha256=(sha256 or (load.sha256 if load else ""))[:64])
+        opened = contents.open_contents(
+            self._loader,
+            sha256,
+            load,
+            alive=context.is_active,
+            timeout=_timeout(context, self._call_timeout),
+        )
+        log.update(source=opened.source.value, bytes=opened.size)
+        return opened
+
+
+def _stamp(seconds: int | None) -> timestamp_pb2.Timestamp | None:
+    return None if seconds is None else timestamp_pb2.Timestamp(seconds=seconds)
+
 
 def _timeout(context: grpc.ServicerContext, default: float) -> float:
     """The client's remaining deadline, capped by the server's default for calls without one."""
@@ -246,6 +329,9 @@ def add_to_server(servicer: PackageLoaderServicer, server: grpc.Server) -> None:
     add_PackageLoaderServiceServicer_to_server(servicer, cast(grpc.Server, recorder))
     handlers = dict(recorder.handlers)
     handlers["Load"] = handlers["Load"]._replace(response_serializer=_serialize_load)
+    # GetAtom and ReadFile chunks are framed the same way (field 2, bytes): built as bytes too.
+    for name in ("GetAtom", "ReadFile"):
+        handlers[name] = handlers[name]._replace(response_serializer=_serialize_load)
     servicer.preserialized = True
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     # Registered methods skip grpcio's generic lookup per call; grpc-stubs does not know it yet.
@@ -283,6 +369,15 @@ def _chunk_messages(stored: StoredPackage) -> Iterator[bytes]:
     """`LoadResponse{chunk}` bytes for each 1 MiB slice of the package, in order (a file that
     shrinks meanwhile ends the stream with `CacheFileChanged`, raised by `chunks`)."""
     for piece in stored.chunks(CHUNK):
+        header = _FULL_CHUNK_HEADER if len(piece) == CHUNK else _CHUNK_TAG + _varint(len(piece))
+        yield b"".join((header, piece))
+
+
+def _content_chunks(checked: contents.Checked) -> Iterator[bytes]:
+    """`GetAtomResponse{chunk}` / `ReadFileResponse{chunk}` bytes (both: field 2, bytes) for each
+    1 MiB piece of a checked content. Building the messages with protobuf cost 2.5 times the
+    sha256 pass over the same bytes; framing them here costs one copy."""
+    for piece in checked.chunks(CHUNK):
         header = _FULL_CHUNK_HEADER if len(piece) == CHUNK else _CHUNK_TAG + _varint(len(piece))
         yield b"".join((header, piece))
 

@@ -142,6 +142,30 @@ EVICT_SCOPE_ALL: EvictScope.ValueType  # 2
 """The memory cache and the shared disk file."""
 Global___EvictScope: _TypeAlias = EvictScope  # noqa: Y015
 
+class _EntryKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EntryKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ENTRY_KIND_UNSPECIFIED: _EntryKind.ValueType  # 0
+    """Never sent by the server."""
+    ENTRY_KIND_FILE: _EntryKind.ValueType  # 1
+    """A file: ReadFile reads it."""
+    ENTRY_KIND_DIRECTORY: _EntryKind.ValueType  # 2
+    """A directory: ListDirectory lists it."""
+
+class EntryKind(_EntryKind, metaclass=_EntryKindEnumTypeWrapper):
+    """What a directory entry is."""
+
+ENTRY_KIND_UNSPECIFIED: EntryKind.ValueType  # 0
+"""Never sent by the server."""
+ENTRY_KIND_FILE: EntryKind.ValueType  # 1
+"""A file: ReadFile reads it."""
+ENTRY_KIND_DIRECTORY: EntryKind.ValueType  # 2
+"""A directory: ListDirectory lists it."""
+Global___EntryKind: _TypeAlias = EntryKind  # noqa: Y015
+
 @_typing.final
 class DistributionInfo(_message.Message):
     """Where a package can be downloaded from, and what its bytes must hash to."""
@@ -911,6 +935,300 @@ class EvictResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EvictResponse: _TypeAlias = EvictResponse  # noqa: Y015
+
+@_typing.final
+class ContentInfo(_message.Message):
+    """What a GetAtom or ReadFile stream carries before the bytes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MODIFIED_FIELD_NUMBER: _builtins.int
+    VOLUME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The atom's name, or the file's full path from its volume's root."""
+    size: _builtins.int
+    """The size in bytes: the sum of the `chunk` items that follow."""
+    sha256: _builtins.str
+    """The sha256 of the bytes, lowercase hex, computed by the server before sending them."""
+    signature: _builtins.str
+    """Atoms: the manifest's signature ("sha256:<base64>"; empty when the manifest has none)."""
+    kind: _builtins.str
+    """Atoms: the manifest's kind URI (for example https://webc.org/kind/wasm)."""
+    volume: _builtins.str
+    """Files: the volume, as named in the request."""
+    @_builtins.property
+    def modified(self) -> _timestamp_pb2.Timestamp:
+        """Files: the modification time, where the format stores one (webc v3)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        size: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        signature: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        modified: _timestamp_pb2.Timestamp | None = ...,
+        volume: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["modified", b"modified"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "modified", b"modified", "name", b"name", "sha256", b"sha256", "signature", b"signature", "size", b"size", "volume", b"volume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContentInfo: _TypeAlias = ContentInfo  # noqa: Y015
+
+@_typing.final
+class GetAtomRequest(_message.Message):
+    """GetAtom request. The package is named by `webc_sha256`, or by `summary` (then loaded as Load
+    does when it is not cached); when both are given they must name the same sha256.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBC_SHA256_FIELD_NUMBER: _builtins.int
+    ATOM_NAME_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    webc_sha256: _builtins.str
+    """The package's sha256 (64 hex digits, either case)."""
+    atom_name: _builtins.str
+    """The atom's name as the manifest has it."""
+    @_builtins.property
+    def summary(self) -> Global___PackageSummary:
+        """Where to load the package from if it is not cached."""
+
+    def __init__(
+        self,
+        *,
+        webc_sha256: _builtins.str = ...,
+        atom_name: _builtins.str = ...,
+        summary: Global___PackageSummary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["atom_name", b"atom_name", "summary", b"summary", "webc_sha256", b"webc_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAtomRequest: _TypeAlias = GetAtomRequest  # noqa: Y015
+
+@_typing.final
+class GetAtomResponse(_message.Message):
+    """One item of a GetAtom stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The following items: consecutive slices of the atom, at most 1 MiB each."""
+    @_builtins.property
+    def info(self) -> Global___ContentInfo:
+        """The first item."""
+
+    def __init__(
+        self,
+        *,
+        info: Global___ContentInfo | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "info", b"info", "item", b"item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "info", b"info", "item", b"item"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["info", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___GetAtomResponse: _TypeAlias = GetAtomResponse  # noqa: Y015
+
+@_typing.final
+class ReadFileRequest(_message.Message):
+    """ReadFile request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBC_SHA256_FIELD_NUMBER: _builtins.int
+    VOLUME_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    webc_sha256: _builtins.str
+    """The package's sha256 (64 hex digits, either case)."""
+    volume: _builtins.str
+    """The volume's name as stored (for example atom, metadata, /settings)."""
+    path: _builtins.str
+    """The file's full path from the volume's root, for example /lib/python3.12/os.py. A path with
+    `..`, NUL or a backslash is INVALID_ARGUMENT.
+    """
+    @_builtins.property
+    def summary(self) -> Global___PackageSummary:
+        """Where to load the package from if it is not cached."""
+
+    def __init__(
+        self,
+        *,
+        webc_sha256: _builtins.str = ...,
+        volume: _builtins.str = ...,
+        path: _builtins.str = ...,
+        summary: Global___PackageSummary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "summary", b"summary", "volume", b"volume", "webc_sha256", b"webc_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadFileRequest: _TypeAlias = ReadFileRequest  # noqa: Y015
+
+@_typing.final
+class ReadFileResponse(_message.Message):
+    """One item of a ReadFile stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The following items: consecutive slices of the file, at most 1 MiB each."""
+    @_builtins.property
+    def info(self) -> Global___ContentInfo:
+        """The first item."""
+
+    def __init__(
+        self,
+        *,
+        info: Global___ContentInfo | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "info", b"info", "item", b"item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "info", b"info", "item", b"item"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["info", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___ReadFileResponse: _TypeAlias = ReadFileResponse  # noqa: Y015
+
+@_typing.final
+class ListDirectoryRequest(_message.Message):
+    """ListDirectory request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBC_SHA256_FIELD_NUMBER: _builtins.int
+    VOLUME_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    RECURSIVE_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    webc_sha256: _builtins.str
+    """The package's sha256 (64 hex digits, either case)."""
+    volume: _builtins.str
+    """The volume's name as stored (for example atom, metadata, /settings)."""
+    path: _builtins.str
+    """The directory's full path from the volume's root; empty or `/` is the root."""
+    recursive: _builtins.bool
+    """List the whole subtree, not only the directory's own entries."""
+    @_builtins.property
+    def summary(self) -> Global___PackageSummary:
+        """Where to load the package from if it is not cached."""
+
+    def __init__(
+        self,
+        *,
+        webc_sha256: _builtins.str = ...,
+        volume: _builtins.str = ...,
+        path: _builtins.str = ...,
+        recursive: _builtins.bool = ...,
+        summary: Global___PackageSummary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "recursive", b"recursive", "summary", b"summary", "volume", b"volume", "webc_sha256", b"webc_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDirectoryRequest: _TypeAlias = ListDirectoryRequest  # noqa: Y015
+
+@_typing.final
+class DirectoryEntry(_message.Message):
+    """One entry of a listing."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    MODIFIED_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """The full path from the volume's root: what ReadFile and ListDirectory accept."""
+    kind: Global___EntryKind.ValueType
+    """File or directory."""
+    size: _builtins.int
+    """Files: the size in bytes (0 for directories)."""
+    sha256: _builtins.str
+    """Files: the sha256 of the bytes as the package records it, lowercase hex (webc v3); empty where
+    the format records none (ReadFile's info always carries the computed one).
+    """
+    @_builtins.property
+    def modified(self) -> _timestamp_pb2.Timestamp:
+        """The modification time, where the format stores one (webc v3)."""
+
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        kind: Global___EntryKind.ValueType = ...,
+        size: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        modified: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["modified", b"modified"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "modified", b"modified", "path", b"path", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DirectoryEntry: _TypeAlias = DirectoryEntry  # noqa: Y015
+
+@_typing.final
+class ListDirectoryResponse(_message.Message):
+    """ListDirectory response."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    TOTAL_ENTRIES_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """Whether entries were left out to keep the response bounded (10000 entries, 3 MiB of paths)."""
+    total_entries: _builtins.int
+    """How many entries there are in all, listed or not."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___DirectoryEntry]:
+        """The entries: a directory's own entries in header order, then (recursive) each subdirectory's."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___DirectoryEntry] | None = ...,
+        truncated: _builtins.bool = ...,
+        total_entries: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "total_entries", b"total_entries", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDirectoryResponse: _TypeAlias = ListDirectoryResponse  # noqa: Y015
 
 @_typing.final
 class ResolveRequest(_message.Message):

@@ -64,6 +64,21 @@ class PackageLoaderServiceStub:
                 request_serializer=pkgloader_dot_v1_dot_package__loader__pb2.EvictRequest.SerializeToString,
                 response_deserializer=pkgloader_dot_v1_dot_package__loader__pb2.EvictResponse.FromString,
                 _registered_method=True)
+        self.GetAtom = channel.unary_stream(
+                '/pkgloader.v1.PackageLoaderService/GetAtom',
+                request_serializer=pkgloader_dot_v1_dot_package__loader__pb2.GetAtomRequest.SerializeToString,
+                response_deserializer=pkgloader_dot_v1_dot_package__loader__pb2.GetAtomResponse.FromString,
+                _registered_method=True)
+        self.ReadFile = channel.unary_stream(
+                '/pkgloader.v1.PackageLoaderService/ReadFile',
+                request_serializer=pkgloader_dot_v1_dot_package__loader__pb2.ReadFileRequest.SerializeToString,
+                response_deserializer=pkgloader_dot_v1_dot_package__loader__pb2.ReadFileResponse.FromString,
+                _registered_method=True)
+        self.ListDirectory = channel.unary_unary(
+                '/pkgloader.v1.PackageLoaderService/ListDirectory',
+                request_serializer=pkgloader_dot_v1_dot_package__loader__pb2.ListDirectoryRequest.SerializeToString,
+                response_deserializer=pkgloader_dot_v1_dot_package__loader__pb2.ListDirectoryResponse.FromString,
+                _registered_method=True)
         self.Resolve = channel.unary_unary(
                 '/pkgloader.v1.PackageLoaderService/Resolve',
                 request_serializer=pkgloader_dot_v1_dot_package__loader__pb2.ResolveRequest.SerializeToString,
@@ -116,6 +131,37 @@ class PackageLoaderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAtom(self, request, context):
+        """Streams one atom of a loaded package: first one `info` (its sha256 computed from the bytes and,
+        when the manifest signs the atom, checked against that signature: a mismatch is DATA_LOSS and
+        nothing is sent), then the bytes as `chunk` items of at most 1 MiB. The package comes from the
+        memory or disk cache; with a `summary` it is loaded as Load does when it is not cached.
+        grpcurl -plaintext -d '{"webc_sha256": "<hex>", "atom_name": "python"}' \
+        127.0.0.1:50051 pkgloader.v1.PackageLoaderService/GetAtom
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadFile(self, request, context):
+        """Streams one file of a volume: first one `info`, then the bytes as `chunk` items of at most 1 MiB.
+        grpcurl -plaintext -d '{"webc_sha256": "<hex>", "volume": "atom", "path": "/README.md"}' \
+        127.0.0.1:50051 pkgloader.v1.PackageLoaderService/ReadFile
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDirectory(self, request, context):
+        """Lists a directory of a volume (`/` is its root), or with `recursive` its whole subtree. At most
+        10000 entries are returned; `truncated` and `total_entries` say when there are more.
+        grpcurl -plaintext -d '{"webc_sha256": "<hex>", "volume": "atom", "path": "/", "recursive": true}' \
+        127.0.0.1:50051 pkgloader.v1.PackageLoaderService/ListDirectory
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Resolve(self, request, context):
         """Resolves a package specifier ("namespace/name@requirement", a URL, or "sha256:<hex>") and its
         dependencies, breadth-first over each manifest's `use` map, into a dependency graph: the
@@ -162,6 +208,21 @@ def add_PackageLoaderServiceServicer_to_server(servicer, server):
                     servicer.Evict,
                     request_deserializer=pkgloader_dot_v1_dot_package__loader__pb2.EvictRequest.FromString,
                     response_serializer=pkgloader_dot_v1_dot_package__loader__pb2.EvictResponse.SerializeToString,
+            ),
+            'GetAtom': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetAtom,
+                    request_deserializer=pkgloader_dot_v1_dot_package__loader__pb2.GetAtomRequest.FromString,
+                    response_serializer=pkgloader_dot_v1_dot_package__loader__pb2.GetAtomResponse.SerializeToString,
+            ),
+            'ReadFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadFile,
+                    request_deserializer=pkgloader_dot_v1_dot_package__loader__pb2.ReadFileRequest.FromString,
+                    response_serializer=pkgloader_dot_v1_dot_package__loader__pb2.ReadFileResponse.SerializeToString,
+            ),
+            'ListDirectory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDirectory,
+                    request_deserializer=pkgloader_dot_v1_dot_package__loader__pb2.ListDirectoryRequest.FromString,
+                    response_serializer=pkgloader_dot_v1_dot_package__loader__pb2.ListDirectoryResponse.SerializeToString,
             ),
             'Resolve': grpc.unary_unary_rpc_method_handler(
                     servicer.Resolve,
@@ -309,6 +370,87 @@ class PackageLoaderService:
             '/pkgloader.v1.PackageLoaderService/Evict',
             pkgloader_dot_v1_dot_package__loader__pb2.EvictRequest.SerializeToString,
             pkgloader_dot_v1_dot_package__loader__pb2.EvictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAtom(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pkgloader.v1.PackageLoaderService/GetAtom',
+            pkgloader_dot_v1_dot_package__loader__pb2.GetAtomRequest.SerializeToString,
+            pkgloader_dot_v1_dot_package__loader__pb2.GetAtomResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pkgloader.v1.PackageLoaderService/ReadFile',
+            pkgloader_dot_v1_dot_package__loader__pb2.ReadFileRequest.SerializeToString,
+            pkgloader_dot_v1_dot_package__loader__pb2.ReadFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDirectory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pkgloader.v1.PackageLoaderService/ListDirectory',
+            pkgloader_dot_v1_dot_package__loader__pb2.ListDirectoryRequest.SerializeToString,
+            pkgloader_dot_v1_dot_package__loader__pb2.ListDirectoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

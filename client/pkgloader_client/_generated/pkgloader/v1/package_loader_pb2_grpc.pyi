@@ -53,6 +53,25 @@ class PackageLoaderServiceStub:
     """Removes cache files by declarative criteria; empty criteria impose nothing."""
     Evict: _grpc.UnaryUnaryMultiCallable[_package_loader_pb2.EvictRequest, _package_loader_pb2.EvictResponse]
     """Drops packages from the memory cache, and optionally deletes their disk files."""
+    GetAtom: _grpc.UnaryStreamMultiCallable[_package_loader_pb2.GetAtomRequest, _package_loader_pb2.GetAtomResponse]
+    """Streams one atom of a loaded package: first one `info` (its sha256 computed from the bytes and,
+    when the manifest signs the atom, checked against that signature: a mismatch is DATA_LOSS and
+    nothing is sent), then the bytes as `chunk` items of at most 1 MiB. The package comes from the
+    memory or disk cache; with a `summary` it is loaded as Load does when it is not cached.
+      grpcurl -plaintext -d '{"webc_sha256": "<hex>", "atom_name": "python"}' \\
+        127.0.0.1:50051 pkgloader.v1.PackageLoaderService/GetAtom
+    """
+    ReadFile: _grpc.UnaryStreamMultiCallable[_package_loader_pb2.ReadFileRequest, _package_loader_pb2.ReadFileResponse]
+    """Streams one file of a volume: first one `info`, then the bytes as `chunk` items of at most 1 MiB.
+      grpcurl -plaintext -d '{"webc_sha256": "<hex>", "volume": "atom", "path": "/README.md"}' \\
+        127.0.0.1:50051 pkgloader.v1.PackageLoaderService/ReadFile
+    """
+    ListDirectory: _grpc.UnaryUnaryMultiCallable[_package_loader_pb2.ListDirectoryRequest, _package_loader_pb2.ListDirectoryResponse]
+    """Lists a directory of a volume (`/` is its root), or with `recursive` its whole subtree. At most
+    10000 entries are returned; `truncated` and `total_entries` say when there are more.
+      grpcurl -plaintext -d '{"webc_sha256": "<hex>", "volume": "atom", "path": "/", "recursive": true}' \\
+        127.0.0.1:50051 pkgloader.v1.PackageLoaderService/ListDirectory
+    """
     Resolve: _grpc.UnaryUnaryMultiCallable[_package_loader_pb2.ResolveRequest, _package_loader_pb2.ResolveResponse]
     """Resolves a package specifier ("namespace/name@requirement", a URL, or "sha256:<hex>") and its
     dependencies, breadth-first over each manifest's `use` map, into a dependency graph: the
@@ -92,6 +111,25 @@ class PackageLoaderServiceAsyncStub(PackageLoaderServiceStub):
     """Removes cache files by declarative criteria; empty criteria impose nothing."""
     Evict: _aio.UnaryUnaryMultiCallable[_package_loader_pb2.EvictRequest, _package_loader_pb2.EvictResponse]  # type: ignore[assignment]
     """Drops packages from the memory cache, and optionally deletes their disk files."""
+    GetAtom: _aio.UnaryStreamMultiCallable[_package_loader_pb2.GetAtomRequest, _package_loader_pb2.GetAtomResponse]  # type: ignore[assignment]
+    """Streams one atom of a loaded package: first one `info` (its sha256 computed from the bytes and,
+    when the manifest signs the atom, checked against that signature: a mismatch is DATA_LOSS and
+    nothing is sent), then the bytes as `chunk` items of at most 1 MiB. The package comes from the
+    memory or disk cache; with a `summary` it is loaded as Load does when it is not cached.
+      grpcurl -plaintext -d '{"webc_sha256": "<hex>", "atom_name": "python"}' \\
+        127.0.0.1:50051 pkgloader.v1.PackageLoaderService/GetAtom
+    """
+    ReadFile: _aio.UnaryStreamMultiCallable[_package_loader_pb2.ReadFileRequest, _package_loader_pb2.ReadFileResponse]  # type: ignore[assignment]
+    """Streams one file of a volume: first one `info`, then the bytes as `chunk` items of at most 1 MiB.
+      grpcurl -plaintext -d '{"webc_sha256": "<hex>", "volume": "atom", "path": "/README.md"}' \\
+        127.0.0.1:50051 pkgloader.v1.PackageLoaderService/ReadFile
+    """
+    ListDirectory: _aio.UnaryUnaryMultiCallable[_package_loader_pb2.ListDirectoryRequest, _package_loader_pb2.ListDirectoryResponse]  # type: ignore[assignment]
+    """Lists a directory of a volume (`/` is its root), or with `recursive` its whole subtree. At most
+    10000 entries are returned; `truncated` and `total_entries` say when there are more.
+      grpcurl -plaintext -d '{"webc_sha256": "<hex>", "volume": "atom", "path": "/", "recursive": true}' \\
+        127.0.0.1:50051 pkgloader.v1.PackageLoaderService/ListDirectory
+    """
     Resolve: _aio.UnaryUnaryMultiCallable[_package_loader_pb2.ResolveRequest, _package_loader_pb2.ResolveResponse]  # type: ignore[assignment]
     """Resolves a package specifier ("namespace/name@requirement", a URL, or "sha256:<hex>") and its
     dependencies, breadth-first over each manifest's `use` map, into a dependency graph: the
@@ -158,6 +196,43 @@ class PackageLoaderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_package_loader_pb2.EvictResponse, _abc.Awaitable[_package_loader_pb2.EvictResponse]]:
         """Drops packages from the memory cache, and optionally deletes their disk files."""
+
+    @_abc_1.abstractmethod
+    def GetAtom(
+        self,
+        request: _package_loader_pb2.GetAtomRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_package_loader_pb2.GetAtomResponse], _abc.AsyncIterator[_package_loader_pb2.GetAtomResponse]]:
+        """Streams one atom of a loaded package: first one `info` (its sha256 computed from the bytes and,
+        when the manifest signs the atom, checked against that signature: a mismatch is DATA_LOSS and
+        nothing is sent), then the bytes as `chunk` items of at most 1 MiB. The package comes from the
+        memory or disk cache; with a `summary` it is loaded as Load does when it is not cached.
+          grpcurl -plaintext -d '{"webc_sha256": "<hex>", "atom_name": "python"}' \\
+            127.0.0.1:50051 pkgloader.v1.PackageLoaderService/GetAtom
+        """
+
+    @_abc_1.abstractmethod
+    def ReadFile(
+        self,
+        request: _package_loader_pb2.ReadFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_package_loader_pb2.ReadFileResponse], _abc.AsyncIterator[_package_loader_pb2.ReadFileResponse]]:
+        """Streams one file of a volume: first one `info`, then the bytes as `chunk` items of at most 1 MiB.
+          grpcurl -plaintext -d '{"webc_sha256": "<hex>", "volume": "atom", "path": "/README.md"}' \\
+            127.0.0.1:50051 pkgloader.v1.PackageLoaderService/ReadFile
+        """
+
+    @_abc_1.abstractmethod
+    def ListDirectory(
+        self,
+        request: _package_loader_pb2.ListDirectoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_package_loader_pb2.ListDirectoryResponse, _abc.Awaitable[_package_loader_pb2.ListDirectoryResponse]]:
+        """Lists a directory of a volume (`/` is its root), or with `recursive` its whole subtree. At most
+        10000 entries are returned; `truncated` and `total_entries` say when there are more.
+          grpcurl -plaintext -d '{"webc_sha256": "<hex>", "volume": "atom", "path": "/", "recursive": true}' \\
+            127.0.0.1:50051 pkgloader.v1.PackageLoaderService/ListDirectory
+        """
 
     @_abc_1.abstractmethod
     def Resolve(
