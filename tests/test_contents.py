@@ -14,10 +14,10 @@ from typing import Any
 import grpc
 import pytest
 from pkgloader import contents, formats
+from pkgloader.formats import writer as w
 from pkgloader_client import pb
 
 from tests.conftest import ALL, COWSAY, DASH, STATIC, Running, load_request, sha256
-from tests.formats import _writers as w
 from tests.test_load import error_info, expect_error
 
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from pkgloader import contents, formats
 from pkgloader.errors import CacheFileChanged, ContentHashMismatch, InvalidPath
-
-from tests.formats import _writers as w
+from pkgloader.formats import writer as w
 
 
 class _Bytes:
