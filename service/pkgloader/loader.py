@@ -135,6 +135,8 @@ class PackageLoader:
         self._max_flights = max_queued_downloads
         self._flights: dict[tuple[str, str], concurrent.futures.Future[_Download]] = {}
         self._lock = threading.Lock()
+        # Notified whenever a download ends, for callers that wait for room in the queue.
+        self._room = threading.Condition(self._lock)
         # Without a disk cache, downloads still stream to a file (never whole into memory),
         # an unlinked one in a private folder.
         self._scratch = scratch_dir or Path(tempfile.gettempdir())
@@ -153,8 +155,14 @@ class PackageLoader:
         *,
         alive: Callable[[], bool] | None = None,
         timeout: float | None = None,
+        wait_for_room: bool = False,
     ) -> LoadResult:
-        """Return the package `request` names; raise a `PkgloaderError` otherwise."""
+        """Return the package `request` names; raise a `PkgloaderError` otherwise.
+
+        When the download queue is full a Load fails with `ResourceExhausted`, unless
+        `wait_for_room` is set: then it waits (as long as `alive` and `timeout` allow) for a
+        download to end. LoadTree sets it, so a large tree waits rather than failing.
+        """
         expected = WebcHash.parse(request.sha256)
         url = parse_url(request.url)  # memoized: a warm Load should cost microseconds
         if url.scheme == "file":
@@ -177,7 +185,10 @@ class PackageLoader:
         if from_disk is not None:
             return LoadResult(from_disk, Source.DISK)
 
-        download = self._await(self._flight(expected, str(url)), alive, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        flight = self._flight(expected, str(url), alive if wait_for_room else None, deadline)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        download = self._await(flight, alive, remaining if wait_for_room else timeout)
         warnings: list[str] = []
         if download.actual != expected.hex:
             mismatch = HashMismatch(
@@ -225,12 +236,31 @@ class PackageLoader:
 
     # -- single flight ------------------------------------------------------------------------
 
-    def _flight(self, h: WebcHash, url: str) -> concurrent.futures.Future[_Download]:
+    def _flight(
+        self,
+        h: WebcHash,
+        url: str,
+        wait: Callable[[], bool] | None = None,
+        deadline: float | None = None,
+    ) -> concurrent.futures.Future[_Download]:
+        """Join the download of (h, url), or start one; with `wait` (the caller's `alive`), a
+        full queue is waited on until `deadline` instead of refused."""
         key = (h.hex, url)
         with self._lock:
-            future = self._flights.get(key)
-            if future is not None:
-                return future
+            while True:
+                future = self._flights.get(key)
+                if future is not None:
+                    return future
+                if len(self._flights) < self._max_flights or wait is None:
+                    break
+                if not wait():
+                    raise Cancelled("the caller went away")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise DeadlineExceeded(
+                        "the download queue had no room before the call's deadline"
+                    )
+                # Slices of 0.25 s, as in `_await`: the caller's liveness is polled, not signalled.
+                self._room.wait(0.25)
             if len(self._flights) >= self._max_flights:
                 raise ResourceExhausted(
                     f"too many downloads in progress ({len(self._flights)}); try again later",
@@ -257,6 +287,7 @@ class PackageLoader:
         finally:
             with self._lock:
                 self._flights.pop(key, None)
+                self._room.notify_all()
 
     def _fetch_once(self, h: WebcHash, url: str) -> _Download:
         """Download `h` unless another process of the shared cache does (or did) it already."""
