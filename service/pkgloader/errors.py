@@ -16,7 +16,9 @@
     │   ├── UpstreamUnavailable      5xx, connection failure, timeout
     │   └── ContentDecodingError     Content-Encoding missing, unknown, or corrupt
     ├── HashMismatch                 the bytes do not hash to the expected sha256
+    ├── ContentHashMismatch          an atom or file does not hash to its manifest/header sha256
     ├── InvalidPackage               the bytes are not a package that parses
+    ├── InvalidTree                  a resolved tree cannot be assembled (LoadTree)
     ├── Cancelled                    the caller went away (nobody reads it; logged only)
     ├── DeadlineExceeded             the call's deadline (the client's or the server's) passed
     └── ResourceExhausted            a limit was reached
@@ -117,8 +119,31 @@ class HashMismatch(PkgloaderError):
         self.source = source
 
 
+class ContentHashMismatch(PkgloaderError):
+    """An atom or volume file whose bytes do not hash to what the package itself records."""
+
+    reason = "CONTENT_HASH_MISMATCH"
+
+    def __init__(self, *, what: str, expected: str, actual: str) -> None:
+        super().__init__(
+            f"{what}: the bytes hash to sha256 {actual}, but the package records {expected}; "
+            "refusing to serve corrupt content",
+            expected_sha256=expected,
+            actual_sha256=actual,
+        )
+        self.expected = expected
+        self.actual = actual
+
+
 class InvalidPackage(PkgloaderError):
     reason = "INVALID_PACKAGE"
+
+
+class InvalidTree(PkgloaderError):
+    """The packages of a resolution do not make a runnable tree; the message is the reference's
+    (`load_package_tree`) words."""
+
+    reason = "INVALID_TREE"
 
 
 class Cancelled(PkgloaderError):
