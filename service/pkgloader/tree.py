@@ -1,0 +1,560 @@
+"""`TreeLoader`: from a resolution to everything a runtime needs (wasmer's `load_package_tree`).
+
+It composes `PackageLoader` and never downloads by itself, so every package of a tree goes through
+Load's path: memory → disk → single-flight download, the hash policy, parsing. What it adds:
+
+- Which packages to load: those that declare a resolved command and those a mount reads, plus the
+  root; at most `MAX_PARALLEL_DOWNLOADS` (32, the reference's limit) at a time, each load waiting
+  for room in the loader's download queue instead of failing, so a large tree is slow, not refused.
+- Which atom each command runs: its `atom` annotation (or the `wasi`/`emscripten` polyfill,
+  `"dep:name"`), else the command name for WASI and WCGI runners, else it is skipped with a
+  warning. An atom of a dependency is found through the graph's edge of that alias. A command
+  without annotations whose atom is missing runs the first atom (the reference's legacy hack).
+- The mounts: each `fs` mapping over the volume of its package. v1/v2 packages and v3/tar.gz
+  packages cannot be mixed (the reference's rule; we accept v1 with v2 and tar.gz with v3, where
+  the reference refuses v1 and has no tar.gz).
+- Each atom's sha256, computed from its bytes and checked against its manifest signature before
+  anything is reported; `atom_chunks` checks the bytes again as they are streamed.
+
+The failures the reference names keep its words, as `InvalidTree`; a package that fails to load
+raises what Load raises.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import concurrent.futures
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pkgloader import formats
+from pkgloader.errors import Cancelled, ContentHashMismatch, InvalidRequest, InvalidTree
+from pkgloader.loader import CHUNK, LoadRequest, LoadResult, PackageLoader, StoredPackage
+from pkgloader.policy import Source
+
+#: The reference's limit on packages loaded at once for one tree.
+MAX_PARALLEL_DOWNLOADS = 32
+
+WASI_RUNNER_URI = "https://webc.org/runner/wasi"
+WCGI_RUNNER_URI = "https://webc.org/runner/wcgi"
+
+
+# -- what a resolution must offer (the resolver's types have these fields) -----------------------
+
+
+class _Dist(Protocol):
+    @property
+    def webc_url(self) -> str: ...
+    @property
+    def webc_sha256(self) -> str: ...
+    @property
+    def webc_size(self) -> int | None: ...
+
+
+class _Node(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def dist(self) -> _Dist | None: ...
+
+
+class _Edge(Protocol):
+    @property
+    def source(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def alias(self) -> str: ...
+
+
+class _Command(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def package(self) -> str: ...
+    @property
+    def original_name(self) -> str: ...
+
+
+class _Mount(Protocol):
+    @property
+    def mount_path(self) -> str: ...
+    @property
+    def package(self) -> str: ...
+    @property
+    def volume(self) -> str: ...
+    @property
+    def original_path(self) -> str | None: ...
+
+
+class Resolution(Protocol):
+    """A resolved dependency graph (`pkgloader.resolve`'s, or one a caller sent)."""
+
+    @property
+    def root(self) -> str: ...
+    @property
+    def nodes(self) -> Sequence[_Node]: ...
+    @property
+    def edges(self) -> Sequence[_Edge]: ...
+    @property
+    def commands(self) -> Sequence[_Command]: ...
+    @property
+    def entrypoint(self) -> str | None: ...
+    @property
+    def mounts(self) -> Sequence[_Mount]: ...
+
+
+# -- what a tree is -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TreeCommand:
+    """A runnable command: where it is declared, and the atom (in which package) it runs."""
+
+    name: str
+    declared_in: str
+    package: str
+    package_sha256: str
+    atom_name: str
+    atom_sha256: str
+    atom_size: int
+    runner: str
+    annotations: dict[str, formats.JSON]
+
+
+@dataclass(frozen=True)
+class TreeMount:
+    """A volume of a package, made visible at `mount_path`; `original_path` is the directory of
+    the volume that appears there (always `/` for v3 and tar.gz packages, as in the reference)."""
+
+    mount_path: str
+    package: str
+    package_sha256: str
+    volume: str
+    original_path: str
+
+
+@dataclass(frozen=True)
+class TreePackage:
+    """A package of the tree, and the cache tier it came from."""
+
+    id: str
+    webc_sha256: str
+    source: Source
+    size: int
+
+
+@dataclass(frozen=True)
+class TreeAtom:
+    """An atom to stream: its bytes live in `package` (kept referenced while it streams)."""
+
+    sha256: str
+    size: int
+    name: str
+    package_id: str
+    package: StoredPackage = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class PackageTree:
+    """What LoadTree reports: the reference's `BinaryPackage`, with each atom by hash."""
+
+    id: str
+    package_ids: tuple[str, ...]
+    entrypoint: str | None
+    commands: tuple[TreeCommand, ...]
+    mounts: tuple[TreeMount, ...]
+    packages: tuple[TreePackage, ...]
+    file_system_bytes: int
+    warnings: tuple[str, ...]
+    #: Each distinct atom once, in command order.
+    atoms: tuple[TreeAtom, ...]
+
+
+@dataclass(frozen=True)
+class TreeRoot:
+    """The root of a tree: a specifier to resolve, or a package the caller can name exactly."""
+
+    specifier: str = ""
+    url: str = ""
+    sha256: str = ""
+    package_id: str = ""
+    size: int | None = None
+
+
+#: Resolve a root the caller gave without a resolution: (root, alive, timeout) -> (resolution,
+#: warnings).
+Resolver = Callable[
+    [TreeRoot, Callable[[], bool] | None, float | None], tuple[Resolution, list[str]]
+]
+
+
+class TreeLoader:
+    """Loads and assembles package trees through one `PackageLoader`."""
+
+    def __init__(
+        self,
+        loader: PackageLoader,
+        resolve: Resolver | None = None,
+        *,
+        max_parallel: int = MAX_PARALLEL_DOWNLOADS,
+    ) -> None:
+        self.loader = loader
+        self._resolve = resolve
+        self.max_parallel = max_parallel
+
+    def load_tree(
+        self,
+        root: TreeRoot,
+        resolution: Resolution | None = None,
+        *,
+        alive: Callable[[], bool] | None = None,
+        timeout: float | None = None,
+    ) -> PackageTree:
+        """Resolve `root` (unless `resolution` is given, then checked and used as it is), load
+        what the tree needs and assemble it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        warnings: list[str] = []
+        if resolution is None:
+            if self._resolve is None:
+                raise InvalidRequest("this server has no resolver: send a resolution")
+            resolution, resolved_warnings = self._resolve(root, alive, timeout)
+            warnings.extend(resolved_warnings)
+        graph = _Graph.checked(resolution)
+        needed = graph.needed()
+        requests = [self._request(graph, package_id, root) for package_id in needed]
+        results = self._load_all(requests, alive, deadline)
+        loaded = dict(zip(needed, results, strict=True))
+        for result in results:
+            warnings.extend(result.warnings)
+        mounts, fs_bytes = _mounts(graph, loaded)
+        commands, atoms = _commands(graph, loaded, warnings)
+        return PackageTree(
+            id=resolution.root,
+            package_ids=tuple(needed),
+            entrypoint=resolution.entrypoint,
+            commands=tuple(commands),
+            mounts=tuple(mounts),
+            packages=tuple(
+                TreePackage(pid, r.package.hash.hex, r.source, r.package.size)
+                for pid, r in loaded.items()
+            ),
+            file_system_bytes=fs_bytes,
+            warnings=tuple(warnings),
+            atoms=tuple(atoms),
+        )
+
+    @staticmethod
+    def _request(graph: _Graph, package_id: str, root: TreeRoot) -> LoadRequest:
+        dist = graph.nodes[package_id].dist
+        if package_id == graph.resolution.root and root.sha256:
+            # The caller named the root exactly: load that, and the resolution must agree.
+            if dist is not None and dist.webc_sha256.lower() != root.sha256.lower():
+                raise InvalidRequest(
+                    f"the summary's webc_sha256 {root.sha256} is not that of the resolution's "
+                    f"root {package_id} ({dist.webc_sha256})"
+                )
+            return LoadRequest(
+                url=root.url, sha256=root.sha256, package_id=package_id, size_hint=root.size
+            )
+        if dist is None:
+            raise InvalidTree(f'The "{package_id}" package has no distribution to load it from')
+        return LoadRequest(
+            url=dist.webc_url,
+            sha256=dist.webc_sha256,
+            package_id=package_id,
+            size_hint=dist.webc_size,
+        )
+
+    def _load_all(
+        self,
+        requests: Sequence[LoadRequest],
+        alive: Callable[[], bool] | None,
+        deadline: float | None,
+    ) -> list[LoadResult]:
+        """Load every request, `max_parallel` at a time; the first failure (in request order)
+        is raised, and the loads still waiting give up."""
+        failed = threading.Event()
+
+        def still_wanted() -> bool:
+            return not failed.is_set() and (alive is None or alive())
+
+        def load(request: LoadRequest) -> LoadResult:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return self.loader.load(
+                    request, alive=still_wanted, timeout=remaining, wait_for_room=True
+                )
+            except BaseException:
+                failed.set()
+                raise
+
+        if len(requests) == 1:
+            return [load(requests[0])]
+        workers = max(1, min(self.max_parallel, len(requests)))
+        with concurrent.futures.ThreadPoolExecutor(workers, "tree") as pool:
+            futures = [pool.submit(load, r) for r in requests]
+            concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+            if failed.is_set():
+                for future in futures:
+                    future.cancel()
+            # A cancelled load raises `Cancelled` because `failed` is set; report the real cause.
+            errors = [e for f in futures if not f.cancelled() and (e := f.exception()) is not None]
+            causes = [e for e in errors if not isinstance(e, Cancelled)] or errors
+            if causes:
+                raise causes[0]
+            return [f.result() for f in futures]
+
+
+# -- the graph ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Graph:
+    resolution: Resolution
+    nodes: dict[str, _Node]
+    #: (from, alias) -> to
+    edges: dict[tuple[str, str], str]
+
+    @classmethod
+    def checked(cls, resolution: Resolution) -> _Graph:
+        """Index a resolution, refusing one that names a node it does not define."""
+        nodes: dict[str, _Node] = {}
+        for node in resolution.nodes:
+            if node.id in nodes:
+                raise InvalidRequest(f"the resolution defines the node {node.id!r} twice")
+            nodes[node.id] = node
+
+        def known(package_id: str, where: str) -> str:
+            if package_id not in nodes:
+                raise InvalidRequest(
+                    f"the resolution's {where} names {package_id!r}, which is not one of its nodes"
+                )
+            return package_id
+
+        known(resolution.root, "root")
+        edges: dict[tuple[str, str], str] = {}
+        for edge in resolution.edges:
+            source = known(edge.source, "edge")
+            edges.setdefault((source, edge.alias), known(edge.target, "edge"))
+        for command in resolution.commands:
+            known(command.package, f"command {command.name!r}")
+        for mount in resolution.mounts:
+            known(mount.package, f"mount {mount.mount_path!r}")
+        return cls(resolution, nodes, edges)
+
+    def needed(self) -> list[str]:
+        """The root, then each package that declares a command or backs a mount, once each."""
+        order = [self.resolution.root]
+        order += [c.package for c in self.resolution.commands]
+        order += [m.package for m in self.resolution.mounts]
+        return list(dict.fromkeys(order))
+
+
+# -- mounts ---------------------------------------------------------------------------------------
+
+_V2_LIKE = ("webc-v1", "webc-v2")  # wasmer counts v1 as v2 (no default mapping otherwise)
+
+
+def _mounts(graph: _Graph, loaded: dict[str, LoadResult]) -> tuple[list[TreeMount], int]:
+    mappings = graph.resolution.mounts
+    v2 = [m.package for m in mappings if loaded[m.package].package.container.format in _V2_LIKE]
+    v3 = [m.package for m in mappings if m.package not in v2]
+    if v2 and v3:
+        raise InvalidTree(
+            "Mix of webc v2 and v3 in the same dependency tree is not supported; "
+            f"v2: {', '.join(dict.fromkeys(v2))}, v3: {', '.join(dict.fromkeys(v3))}"
+        )
+    mounts, total = [], 0
+    for mapping in mappings:
+        stored = loaded[mapping.package].package
+        volume = stored.container.get_volume(mapping.volume)
+        if volume is None:
+            raise InvalidTree(
+                f'The "{mapping.package}" package doesn\'t have a "{mapping.volume}" volume'
+            )
+        # v2 mounts a directory of the volume; v3 always mounts its root (the reference's rule).
+        source = (mapping.original_path or "/") if v2 else "/"
+        mounts.append(
+            TreeMount(mapping.mount_path, mapping.package, stored.hash.hex, mapping.volume, source)
+        )
+        total += _bytes_under(volume, source)
+    return mounts, total
+
+
+def _bytes_under(volume: formats.Volume, directory: str) -> int:
+    prefix = directory.rstrip("/") + "/"
+    return sum(size for path, size in volume.files() if prefix == "/" or path.startswith(prefix))
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def _commands(
+    graph: _Graph, loaded: dict[str, LoadResult], warnings: list[str]
+) -> tuple[list[TreeCommand], list[TreeAtom]]:
+    commands: list[TreeCommand] = []
+    atoms: dict[str, TreeAtom] = {}
+    for resolved in graph.resolution.commands:
+        declared_in = resolved.package
+        container = loaded[declared_in].package.container
+        metadata = next(
+            (c for c in container.manifest.commands if c.name == resolved.original_name), None
+        )
+        if metadata is None:
+            raise InvalidTree(
+                f'Unable to find the "{resolved.original_name}" command metadata in the '
+                f'"{declared_in}" package'
+            )
+        choice = _atom_for(resolved.name, metadata, declared_in)
+        if choice is None:
+            warnings.append(
+                f'Skipping unsupported command "{resolved.name}" of "{declared_in}" '
+                f"(runner {metadata.runner})"
+            )
+            continue
+        atom_name, dependency = choice
+        holder = declared_in
+        if dependency is not None:
+            target = graph.edges.get((declared_in, dependency))
+            if target is None:
+                raise InvalidTree(
+                    f'Unable to find the "{dependency}" dependency for the "{resolved.name}" '
+                    f'command in "{declared_in}"'
+                )
+            if target not in loaded:
+                raise InvalidTree(
+                    f'The "{resolved.name}" command in "{declared_in}" shadows an entry/command '
+                    f'of the "{dependency}" dependency. Rename the local command.'
+                )
+            holder = target
+        stored = loaded[holder].package
+        if stored.container.get_atom(atom_name) is None:
+            if metadata.annotations:
+                # The stray ")" is the reference's; its words are the contract.
+                raise InvalidTree(
+                    f"The '{resolved.name}' command uses the '{atom_name}' atom, but it isn't "
+                    f"present in the package: {holder})"
+                )
+            # The reference's legacy hack: old packages whose commands carry no annotations run
+            # the first atom in name order.
+            names = sorted(stored.container.atoms())
+            if not names:
+                raise InvalidTree(
+                    f'The "{resolved.name}" command in "{declared_in}": '
+                    "container does not have any atom"
+                )
+            atom_name = names[0]
+        atom = _verified_atom(stored, atom_name, holder)
+        atoms.setdefault(atom.sha256, atom)
+        commands.append(
+            TreeCommand(
+                name=resolved.name,
+                declared_in=declared_in,
+                package=holder,
+                package_sha256=stored.hash.hex,
+                atom_name=atom_name,
+                atom_sha256=atom.sha256,
+                atom_size=atom.size,
+                runner=metadata.runner,
+                annotations=metadata.annotations,
+            )
+        )
+    return commands, list(atoms.values())
+
+
+def _atom_for(
+    name: str, command: formats.Command, package_id: str
+) -> tuple[str, str | None] | None:
+    """(atom, dependency alias or None) a command runs, or None for an unsupported command."""
+    annotations = command.annotations
+    atom = annotations.get("atom")
+    if atom is not None:
+        if not isinstance(atom, dict) or not isinstance(atom.get("name"), str):
+            raise InvalidTree(
+                f'Unable to deserialize atom annotations of the "{name}" command in "{package_id}"'
+            )
+        dependency = atom.get("dependency")
+        return str(atom["name"]), dependency if isinstance(dependency, str) else None
+    for key in ("wasi", "emscripten"):  # the webc crate's polyfill of the deprecated `atom`
+        runner = annotations.get(key)
+        if isinstance(runner, dict) and isinstance(runner.get("atom"), str):
+            text = str(runner["atom"])
+            dependency, colon, module = text.partition(":")
+            return (module, dependency) if colon else (text, None)
+    if command.runner.startswith((WASI_RUNNER_URI, WCGI_RUNNER_URI)):
+        return name, None
+    return None
+
+
+# -- atoms ----------------------------------------------------------------------------------------
+
+
+def _signature_sha256(signature: str) -> str | None:
+    algorithm, _, encoded = signature.partition(":")
+    try:
+        digest = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return digest.hex() if algorithm == "sha256" and len(digest) == 32 else None
+
+
+def _verified_atom(stored: StoredPackage, name: str, package_id: str) -> TreeAtom:
+    """The atom with its sha256 computed from its bytes (once per package, kept in its memo),
+    refused when it differs from the manifest's signature."""
+    key = f"tree.atom_sha256:{name}"
+    cached: tuple[str, int] | None = stored.memo.get(key)
+    if cached is None:
+        digest, size = hashlib.sha256(), 0
+        for piece in _atom_pieces(stored, name, CHUNK):
+            digest.update(piece)
+            size += len(piece)
+        cached = (digest.hexdigest(), size)
+        signed = next((a.signature for a in stored.container.manifest.atoms if a.name == name), "")
+        expected = _signature_sha256(signed)
+        if expected is not None and expected != cached[0]:
+            raise ContentHashMismatch(
+                what=f"the '{name}' atom of {package_id}", expected=expected, actual=cached[0]
+            )
+        stored.memo[key] = cached
+    return TreeAtom(cached[0], cached[1], name, package_id, stored)
+
+
+def _atom_pieces(stored: StoredPackage, name: str, size: int) -> Iterator[memoryview]:
+    """The one place atom bytes are read: slices of `Container.get_atom`'s view of the package
+    (a tar.gz member that is not kept in memory is decompressed whole, once per call)."""
+    view = stored.container.get_atom(name)
+    if view is None:
+        raise InvalidTree(f"the '{name}' atom disappeared from its package")
+    for start in range(0, len(view), size):
+        yield view[start : start + size]
+
+
+def atom_chunks(atom: TreeAtom, size: int = CHUNK) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) pieces of an atom, at most `size` each, hashed as they go.
+
+    The last piece is held back until the whole atom has hashed to `atom.sha256`, so a client
+    never receives all of an atom whose bytes changed under us (a mapped cache file overwritten):
+    it receives `ContentHashMismatch` instead.
+    """
+    digest = hashlib.sha256()
+    offset = 0
+    held: bytes | None = None
+    for piece in _atom_pieces(atom.package, atom.name, size):
+        if held is not None:
+            yield offset - len(held), held
+        held = bytes(piece)
+        digest.update(held)
+        offset += len(held)
+    actual = digest.hexdigest()
+    if actual != atom.sha256 or offset != atom.size:
+        raise ContentHashMismatch(
+            what=f"the '{atom.name}' atom of {atom.package_id}", expected=atom.sha256, actual=actual
+        )
+    if held is not None:
+        yield offset - len(held), held
