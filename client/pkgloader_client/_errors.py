@@ -19,6 +19,14 @@
     ├── DeadlineExceeded               the call's deadline passed
     ├── ServiceUnavailable             the server cannot be reached (UNAVAILABLE, no ErrorInfo)
     ├── InternalError                  INTERNAL, UNKNOWN and any code without a better class
+    ├── ResolveError                   RESOLVE_FAILED: a specifier did not resolve
+    │   ├── InvalidSpecifier           INVALID_SPECIFIER (also an InvalidArgument)
+    │   ├── UnknownPackage             PACKAGE_NOT_FOUND: no source knows the name
+    │   ├── NoMatchingVersion          NO_MATCHING_VERSION
+    │   ├── DependencyCycle            DEPENDENCY_CYCLE
+    │   ├── DuplicateVersions          DUPLICATE_VERSIONS
+    │   ├── RegistryUnavailable        REGISTRY_UNAVAILABLE: down, nothing cached; retryable
+    │   └── RegistryRejected           REGISTRY_REJECTED
     └── TransferError                  what arrived does not match the package's size or sha256
 
 Errors of the service carry a `google.rpc.ErrorInfo` (domain `pkgloader.wasmer.io`) whose reason
@@ -191,6 +199,54 @@ class TransferError(PkgloaderError):
     default_reason = ""
 
 
+class ResolveError(PkgloaderError):
+    """A specifier could not be resolved into a dependency graph."""
+
+    default_reason = "RESOLVE_FAILED"
+
+
+class InvalidSpecifier(ResolveError, InvalidArgument):
+    """The specifier is not "namespace/name@requirement", a URL or "sha256:<hex>"."""
+
+    default_reason = "INVALID_SPECIFIER"
+
+
+class UnknownPackage(ResolveError):
+    """No source (registry, package folders, URL) knows the package."""
+
+    default_reason = "PACKAGE_NOT_FOUND"
+
+
+class NoMatchingVersion(ResolveError):
+    """The package exists, but no unarchived version matches the requirement."""
+
+    default_reason = "NO_MATCHING_VERSION"
+
+
+class DependencyCycle(ResolveError):
+    """The dependencies form a cycle (the message names it: a → b → a)."""
+
+    default_reason = "DEPENDENCY_CYCLE"
+
+
+class DuplicateVersions(ResolveError):
+    """Two versions of one package ended up in one dependency graph."""
+
+    default_reason = "DUPLICATE_VERSIONS"
+
+
+class RegistryUnavailable(ResolveError):
+    """The registry is down and the server has no cached answer; retryable."""
+
+    default_reason = "REGISTRY_UNAVAILABLE"
+
+
+class RegistryRejected(ResolveError):
+    """The registry refused the query (a 4xx, or GraphQL errors)."""
+
+    default_reason = "REGISTRY_REJECTED"
+
+
 #: The service's reasons (pkgloader/errors.py) → class. A reason not listed falls back to the code.
 REASONS: dict[str, type[PkgloaderError]] = {
     "INVALID_ARGUMENT": InvalidArgument,
@@ -215,6 +271,14 @@ REASONS: dict[str, type[PkgloaderError]] = {
     "PACKAGE_TOO_LARGE": PackageTooLarge,
     "CACHE_FULL": CacheFull,
     "INTERNAL": InternalError,
+    "RESOLVE_FAILED": ResolveError,
+    "INVALID_SPECIFIER": InvalidSpecifier,
+    "PACKAGE_NOT_FOUND": UnknownPackage,
+    "NO_MATCHING_VERSION": NoMatchingVersion,
+    "DEPENDENCY_CYCLE": DependencyCycle,
+    "DUPLICATE_VERSIONS": DuplicateVersions,
+    "REGISTRY_UNAVAILABLE": RegistryUnavailable,
+    "REGISTRY_REJECTED": RegistryRejected,
 }
 
 #: Status code → class, for errors without a pkgloader ErrorInfo (grpc itself, proxies, gateways).

@@ -21,9 +21,17 @@
     ├── InvalidTree                  a resolved tree cannot be assembled (LoadTree)
     ├── Cancelled                    the caller went away (nobody reads it; logged only)
     ├── DeadlineExceeded             the call's deadline (the client's or the server's) passed
-    └── ResourceExhausted            a limit was reached
-        ├── PackageTooLarge          over PKGLOADER_MAX_PACKAGE_BYTES (decoded bytes)
-        └── CacheFull                no space left on the cache volume
+    ├── ResourceExhausted            a limit was reached
+    │   ├── PackageTooLarge          over PKGLOADER_MAX_PACKAGE_BYTES (decoded bytes)
+    │   └── CacheFull                no space left on the cache volume
+    └── ResolveError                 a specifier could not be turned into a dependency graph
+        ├── InvalidSpecifier         not "namespace/name@requirement", a URL or "sha256:<hex>"
+        ├── PackageNotFound          no source knows the name (or the hash)
+        ├── NoMatchingVersion        the name is known, no (unarchived) version matches
+        ├── DependencyCycle          the graph has a cycle: a → b → a
+        ├── DuplicateVersions        two versions of one name in one graph
+        ├── RegistryUnavailable      the registry is down (or answers nonsense), nothing cached
+        └── RegistryRejected         the registry refused the query (4xx, GraphQL errors)
 
 Each leaf carries data (url, status, hashes), never a transport status code: the gRPC layer maps
 them once (`pkgloader.rpc.status`). `reason` is the stable machine-readable name clients switch on.
@@ -164,6 +172,38 @@ class PackageTooLarge(ResourceExhausted):
 
 class CacheFull(ResourceExhausted):
     reason = "CACHE_FULL"
+
+
+class ResolveError(PkgloaderError):
+    reason = "RESOLVE_FAILED"
+
+
+class InvalidSpecifier(ResolveError):
+    reason = "INVALID_SPECIFIER"
+
+
+class PackageNotFound(ResolveError):
+    reason = "PACKAGE_NOT_FOUND"
+
+
+class NoMatchingVersion(ResolveError):
+    reason = "NO_MATCHING_VERSION"
+
+
+class DependencyCycle(ResolveError):
+    reason = "DEPENDENCY_CYCLE"
+
+
+class DuplicateVersions(ResolveError):
+    reason = "DUPLICATE_VERSIONS"
+
+
+class RegistryUnavailable(ResolveError):
+    reason = "REGISTRY_UNAVAILABLE"
+
+
+class RegistryRejected(ResolveError):
+    reason = "REGISTRY_REJECTED"
 
 
 def leaves() -> list[type[PkgloaderError]]:

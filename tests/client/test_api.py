@@ -52,6 +52,14 @@ EXPECTED = {
     "RESOURCE_EXHAUSTED": pkgloader_client.ResourceExhausted,
     "PACKAGE_TOO_LARGE": pkgloader_client.PackageTooLarge,
     "CACHE_FULL": pkgloader_client.CacheFull,
+    "RESOLVE_FAILED": pkgloader_client.ResolveError,
+    "INVALID_SPECIFIER": pkgloader_client.InvalidSpecifier,
+    "PACKAGE_NOT_FOUND": pkgloader_client.UnknownPackage,
+    "NO_MATCHING_VERSION": pkgloader_client.NoMatchingVersion,
+    "DEPENDENCY_CYCLE": pkgloader_client.DependencyCycle,
+    "DUPLICATE_VERSIONS": pkgloader_client.DuplicateVersions,
+    "REGISTRY_UNAVAILABLE": pkgloader_client.RegistryUnavailable,
+    "REGISTRY_REJECTED": pkgloader_client.RegistryRejected,
 }
 
 
@@ -76,6 +84,8 @@ def test_all_is_pinned() -> None:
         "ContentDecodingError",
         "DeadlineExceeded",
         "Dependency",
+        "DependencyCycle",
+        "DuplicateVersions",
         "EvictResult",
         "FetchError",
         "HashMismatch",
@@ -84,9 +94,11 @@ def test_all_is_pinned() -> None:
         "InvalidArgument",
         "InvalidFile",
         "InvalidPackage",
+        "InvalidSpecifier",
         "Manifest",
         "MismatchedFile",
         "NoDiskCache",
+        "NoMatchingVersion",
         "Package",
         "PackageLoaderClient",
         "PackageLoaderServiceServicer",
@@ -96,6 +108,9 @@ def test_all_is_pinned() -> None:
         "PermissionDenied",
         "PkgloaderError",
         "Progress",
+        "RegistryRejected",
+        "RegistryUnavailable",
+        "ResolveError",
         "ResourceExhausted",
         "RetainResult",
         "ServiceUnavailable",
@@ -103,6 +118,7 @@ def test_all_is_pinned() -> None:
         "Source",
         "TransferError",
         "Unauthenticated",
+        "UnknownPackage",
         "UpstreamRejected",
         "UpstreamUnavailable",
         "ValidationReport",
@@ -165,7 +181,7 @@ def _client_error_classes() -> list[type[pkgloader_client.PkgloaderError]]:
 def test_every_client_error_class_is_exported_and_has_an_exit_code() -> None:
     """Each class of the tree is public and has its own row in the CLI's exit-code table."""
     classes = _client_error_classes()
-    assert len(classes) == 20
+    assert len(set(classes)) == 28
     assert all(cls.__name__ in pkgloader_client.__all__ for cls in classes)
     assert set(classes) == set(_cli.EXIT_CODES)
 

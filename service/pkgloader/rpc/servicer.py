@@ -21,6 +21,16 @@ from pkgloader.hashes import WebcHash
 from pkgloader.loader import LoadRequest, LoadResult, PackageLoader, StoredPackage
 from pkgloader.maintenance import CacheMaintenance, RetainCriteria
 from pkgloader.policy import HashPolicy, Source
+from pkgloader.resolve import (
+    Dist,
+    Edge,
+    Mount,
+    Node,
+    PackageId,
+    Resolution,
+    ResolvedCommand,
+    Resolves,
+)
 
 CHUNK = 1024 * 1024  # the contract: content chunks of at most 1 MiB
 SCAN_BATCH = 1000
@@ -45,11 +55,16 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
     preserialized = False
 
     def __init__(
-        self, loader: PackageLoader, maintenance: CacheMaintenance, call_timeout: float = 900.0
+        self,
+        loader: PackageLoader,
+        maintenance: CacheMaintenance,
+        call_timeout: float = 900.0,
+        resolver: Resolves | None = None,
     ) -> None:
         self._loader = loader
         self._maintenance = maintenance
         self._call_timeout = call_timeout
+        self._resolver = resolver
 
     def Load(self, request: pb.LoadRequest, context: grpc.ServicerContext) -> Iterator[Any]:
         dist = request.summary.dist
@@ -160,6 +175,17 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
         hashes = [WebcHash(h) for h in sorted(_hashes(request.webc_sha256, "webc_sha256"))]
         evicted, deleted = self._maintenance.evict(hashes, delete=bool(delete))
         return pb.EvictResponse(evicted=evicted, deleted=deleted)
+
+    def Resolve(
+        self, request: pb.ResolveRequest, context: grpc.ServicerContext
+    ) -> pb.ResolveResponse:
+        _log_fields(context)["specifier"] = request.specifier[:200]
+        if self._resolver is None:  # only servers built by hand in tests; app.build wires one
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server has no resolver")
+        resolved = self._resolver.resolve(request.specifier)
+        return pb.ResolveResponse(
+            resolution=resolution_to_proto(resolved.resolution), warnings=resolved.warnings
+        )
 
     def _entry(self, entry: Entry) -> pb.CacheEntry:
         stamp = timestamp_pb2.Timestamp()
@@ -343,3 +369,81 @@ def _value(data: Any) -> struct_pb2.Value:
         holder.update({"v": data})
         value.CopyFrom(holder.fields["v"])
     return value
+
+
+# -- Resolve ----------------------------------------------------------------------------------
+
+
+def resolution_to_proto(resolution: Resolution) -> pb.Resolution:
+    message = pb.Resolution(
+        root=str(resolution.root),
+        nodes=[
+            pb.ResolvedNode(
+                id=str(node.id),
+                dist=pb.DistributionInfo(
+                    webc_url=node.dist.webc_url,
+                    webc_sha256=node.dist.webc_sha256,
+                    webc_size=node.dist.webc_size,
+                ),
+            )
+            for node in resolution.nodes
+        ],
+        # `from` is a Python keyword: the field can only be set through keyword unpacking.
+        edges=[
+            pb.ResolvedEdge(**{"from": str(e.from_), "to": str(e.to), "alias": e.alias})
+            for e in resolution.edges
+        ],
+        commands=[
+            pb.ResolvedCommand(name=c.name, package=str(c.package), original_name=c.original_name)
+            for c in resolution.commands
+        ],
+        mounts=[
+            pb.ResolvedMount(
+                mount_path=m.mount_path,
+                package=str(m.package),
+                volume=m.volume,
+                original_path=m.original_path or "",
+            )
+            for m in resolution.mounts
+        ],
+    )
+    if resolution.entrypoint is not None:
+        message.entrypoint = resolution.entrypoint
+    return message
+
+
+def resolution_from_proto(message: pb.Resolution) -> Resolution:
+    """A caller's resolution (LoadTree's `resolution`), checked: an edge, command or mount that
+    names no node is INVALID_ARGUMENT."""
+    nodes = []
+    for node in message.nodes:
+        dist = node.dist
+        nodes.append(
+            Node(
+                id=PackageId.parse(node.id),
+                dist=Dist(
+                    webc_url=dist.webc_url,
+                    webc_sha256=WebcHash.parse(dist.webc_sha256).hex,
+                    webc_size=dist.webc_size if dist.HasField("webc_size") else None,
+                ),
+            )
+        )
+    resolution = Resolution(
+        root=PackageId.parse(message.root),
+        nodes=tuple(nodes),
+        edges=tuple(
+            Edge(PackageId.parse(getattr(e, "from")), PackageId.parse(e.to), e.alias)
+            for e in message.edges
+        ),
+        commands=tuple(
+            ResolvedCommand(c.name, PackageId.parse(c.package), c.original_name)
+            for c in message.commands
+        ),
+        entrypoint=message.entrypoint if message.HasField("entrypoint") else None,
+        mounts=tuple(
+            Mount(m.mount_path, PackageId.parse(m.package), m.volume, m.original_path or None)
+            for m in message.mounts
+        ),
+    )
+    resolution.validate()
+    return resolution

@@ -41,6 +41,14 @@ CODES: dict[type[errors.PkgloaderError], grpc.StatusCode] = {
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.PackageTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.CacheFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.ResolveError: grpc.StatusCode.INTERNAL,
+    errors.InvalidSpecifier: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.PackageNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.NoMatchingVersion: grpc.StatusCode.NOT_FOUND,
+    errors.DependencyCycle: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.DuplicateVersions: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.RegistryUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.RegistryRejected: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

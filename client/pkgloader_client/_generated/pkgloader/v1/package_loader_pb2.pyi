@@ -896,3 +896,239 @@ class EvictResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EvictResponse: _TypeAlias = EvictResponse  # noqa: Y015
+
+@_typing.final
+class ResolveRequest(_message.Message):
+    """Resolve request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPECIFIER_FIELD_NUMBER: _builtins.int
+    specifier: _builtins.str
+    """What to resolve: "namespace/name@<semver requirement>" (no requirement, or "latest", means any
+    version; a bare "1.2" means "^1.2", as in Cargo), an http(s):// or file:// URL of a package, or
+    "sha256:<64 hex digits>" of a package in the cache or known to the registry.
+    """
+    def __init__(
+        self,
+        *,
+        specifier: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["specifier", b"specifier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveRequest: _TypeAlias = ResolveRequest  # noqa: Y015
+
+@_typing.final
+class ResolveResponse(_message.Message):
+    """Resolve response."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def resolution(self) -> Global___Resolution:
+        """The dependency graph and what it offers. Printed by grpcurl as JSON, it can be sent back as it
+        is (it holds only lists and plain values).
+        """
+
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Non-fatal problems, for example a stale registry answer served while the registry is down."""
+
+    def __init__(
+        self,
+        *,
+        resolution: Global___Resolution | None = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resolution", b"resolution"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resolution", b"resolution", "warnings", b"warnings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveResponse: _TypeAlias = ResolveResponse  # noqa: Y015
+
+@_typing.final
+class Resolution(_message.Message):
+    """A resolved package: its dependency graph, its commands and its filesystem."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOT_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    EDGES_FIELD_NUMBER: _builtins.int
+    COMMANDS_FIELD_NUMBER: _builtins.int
+    ENTRYPOINT_FIELD_NUMBER: _builtins.int
+    MOUNTS_FIELD_NUMBER: _builtins.int
+    root: _builtins.str
+    """The id of the root package (the one the specifier named)."""
+    entrypoint: _builtins.str
+    """The command run by default: the first entrypoint found in node order, else the root's only
+    command; unset when there is none.
+    """
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResolvedNode]:
+        """Every package of the graph once, in topological order: the root first, each package before
+        its dependencies.
+        """
+
+    @_builtins.property
+    def edges(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResolvedEdge]:
+        """One edge per dependency alias, in the order the resolver found them."""
+
+    @_builtins.property
+    def commands(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResolvedCommand]:
+        """The commands the package offers; the root's shadow its dependencies' (the first of a name
+        wins, in node order).
+        """
+
+    @_builtins.property
+    def mounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResolvedMount]:
+        """The filesystem: which volume of which package is mounted where, in node order."""
+
+    def __init__(
+        self,
+        *,
+        root: _builtins.str = ...,
+        nodes: _abc.Iterable[Global___ResolvedNode] | None = ...,
+        edges: _abc.Iterable[Global___ResolvedEdge] | None = ...,
+        commands: _abc.Iterable[Global___ResolvedCommand] | None = ...,
+        entrypoint: _builtins.str | None = ...,
+        mounts: _abc.Iterable[Global___ResolvedMount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_entrypoint", b"_entrypoint", "entrypoint", b"entrypoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_entrypoint", b"_entrypoint", "commands", b"commands", "edges", b"edges", "entrypoint", b"entrypoint", "mounts", b"mounts", "nodes", b"nodes", "root", b"root"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__entrypoint: _TypeAlias = _typing.Literal["entrypoint"]  # noqa: Y015
+    _WhichOneofArgType__entrypoint: _TypeAlias = _typing.Literal["_entrypoint", b"_entrypoint"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__entrypoint) -> _WhichOneofReturnType__entrypoint | None: ...
+
+Global___Resolution: _TypeAlias = Resolution  # noqa: Y015
+
+@_typing.final
+class ResolvedNode(_message.Message):
+    """A package of a resolution."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    DIST_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """"namespace/name@version" (from the registry, or from the package's own wapm name and version),
+    else "sha256:<hex>" for a package without a name.
+    """
+    @_builtins.property
+    def dist(self) -> Global___DistributionInfo:
+        """Where to download it and what it hashes to."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        dist: Global___DistributionInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dist", b"dist"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dist", b"dist", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolvedNode: _TypeAlias = ResolvedNode  # noqa: Y015
+
+@_typing.final
+class ResolvedEdge(_message.Message):
+    """A dependency: package `from` uses package `to` under the name `alias`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    to: _builtins.str
+    """The id of the package it resolved to."""
+    alias: _builtins.str
+    """The key of the dependency in the declaring package's `use` map."""
+    def __init__(
+        self,
+        *,
+        to: _builtins.str = ...,
+        alias: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "from", b"from", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolvedEdge: _TypeAlias = ResolvedEdge  # noqa: Y015
+
+@_typing.final
+class ResolvedCommand(_message.Message):
+    """A command of a resolution."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PACKAGE_FIELD_NUMBER: _builtins.int
+    ORIGINAL_NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The name it is run by."""
+    package: _builtins.str
+    """The id of the package that declares it."""
+    original_name: _builtins.str
+    """Its name in that package's manifest."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        package: _builtins.str = ...,
+        original_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "original_name", b"original_name", "package", b"package"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolvedCommand: _TypeAlias = ResolvedCommand  # noqa: Y015
+
+@_typing.final
+class ResolvedMount(_message.Message):
+    """A volume mounted into the filesystem of a resolution."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOUNT_PATH_FIELD_NUMBER: _builtins.int
+    PACKAGE_FIELD_NUMBER: _builtins.int
+    VOLUME_FIELD_NUMBER: _builtins.int
+    ORIGINAL_PATH_FIELD_NUMBER: _builtins.int
+    mount_path: _builtins.str
+    """Where it is mounted (for example "/" or "/settings")."""
+    package: _builtins.str
+    """The id of the package that holds the volume."""
+    volume: _builtins.str
+    """The volume name as stored (for example "atom" or "/settings")."""
+    original_path: _builtins.str
+    """The folder inside the volume that is mounted; empty means its root."""
+    def __init__(
+        self,
+        *,
+        mount_path: _builtins.str = ...,
+        package: _builtins.str = ...,
+        volume: _builtins.str = ...,
+        original_path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mount_path", b"mount_path", "original_path", b"original_path", "package", b"package", "volume", b"volume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolvedMount: _TypeAlias = ResolvedMount  # noqa: Y015

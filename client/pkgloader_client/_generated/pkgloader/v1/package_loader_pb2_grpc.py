@@ -64,6 +64,11 @@ class PackageLoaderServiceStub:
                 request_serializer=pkgloader_dot_v1_dot_package__loader__pb2.EvictRequest.SerializeToString,
                 response_deserializer=pkgloader_dot_v1_dot_package__loader__pb2.EvictResponse.FromString,
                 _registered_method=True)
+        self.Resolve = channel.unary_unary(
+                '/pkgloader.v1.PackageLoaderService/Resolve',
+                request_serializer=pkgloader_dot_v1_dot_package__loader__pb2.ResolveRequest.SerializeToString,
+                response_deserializer=pkgloader_dot_v1_dot_package__loader__pb2.ResolveResponse.FromString,
+                _registered_method=True)
 
 
 class PackageLoaderServiceServicer:
@@ -111,6 +116,25 @@ class PackageLoaderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Resolve(self, request, context):
+        """Resolves a package specifier ("namespace/name@requirement", a URL, or "sha256:<hex>") and its
+        dependencies, breadth-first over each manifest's `use` map, into a dependency graph: the
+        packages to load, the commands each offers and the volumes that form the filesystem. Sources
+        are tried in a fixed order: the registry (PKGLOADER_REGISTRY_URL), then package folders
+        (PKGLOADER_PACKAGE_DIRS), then a URL download. Resolving downloads no package from the
+        registry: its answer holds the manifests. Failures: a malformed specifier is INVALID_ARGUMENT
+        (INVALID_SPECIFIER); an unknown name or no matching version is NOT_FOUND (PACKAGE_NOT_FOUND,
+        NO_MATCHING_VERSION); a dependency cycle or two versions of one name is FAILED_PRECONDITION
+        (DEPENDENCY_CYCLE, DUPLICATE_VERSIONS); a registry that is down with nothing cached is
+        UNAVAILABLE (REGISTRY_UNAVAILABLE).
+
+        grpcurl -plaintext -d '{"specifier": "wasmer/hello@^0.1"}' \
+        127.0.0.1:50051 pkgloader.v1.PackageLoaderService/Resolve
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PackageLoaderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -138,6 +162,11 @@ def add_PackageLoaderServiceServicer_to_server(servicer, server):
                     servicer.Evict,
                     request_deserializer=pkgloader_dot_v1_dot_package__loader__pb2.EvictRequest.FromString,
                     response_serializer=pkgloader_dot_v1_dot_package__loader__pb2.EvictResponse.SerializeToString,
+            ),
+            'Resolve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resolve,
+                    request_deserializer=pkgloader_dot_v1_dot_package__loader__pb2.ResolveRequest.FromString,
+                    response_serializer=pkgloader_dot_v1_dot_package__loader__pb2.ResolveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -280,6 +309,33 @@ class PackageLoaderService:
             '/pkgloader.v1.PackageLoaderService/Evict',
             pkgloader_dot_v1_dot_package__loader__pb2.EvictRequest.SerializeToString,
             pkgloader_dot_v1_dot_package__loader__pb2.EvictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resolve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pkgloader.v1.PackageLoaderService/Resolve',
+            pkgloader_dot_v1_dot_package__loader__pb2.ResolveRequest.SerializeToString,
+            pkgloader_dot_v1_dot_package__loader__pb2.ResolveResponse.FromString,
             options,
             channel_credentials,
             insecure,

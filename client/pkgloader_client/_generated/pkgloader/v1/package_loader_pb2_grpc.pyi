@@ -53,6 +53,21 @@ class PackageLoaderServiceStub:
     """Removes cache files by declarative criteria; empty criteria impose nothing."""
     Evict: _grpc.UnaryUnaryMultiCallable[_package_loader_pb2.EvictRequest, _package_loader_pb2.EvictResponse]
     """Drops packages from the memory cache, and optionally deletes their disk files."""
+    Resolve: _grpc.UnaryUnaryMultiCallable[_package_loader_pb2.ResolveRequest, _package_loader_pb2.ResolveResponse]
+    """Resolves a package specifier ("namespace/name@requirement", a URL, or "sha256:<hex>") and its
+    dependencies, breadth-first over each manifest's `use` map, into a dependency graph: the
+    packages to load, the commands each offers and the volumes that form the filesystem. Sources
+    are tried in a fixed order: the registry (PKGLOADER_REGISTRY_URL), then package folders
+    (PKGLOADER_PACKAGE_DIRS), then a URL download. Resolving downloads no package from the
+    registry: its answer holds the manifests. Failures: a malformed specifier is INVALID_ARGUMENT
+    (INVALID_SPECIFIER); an unknown name or no matching version is NOT_FOUND (PACKAGE_NOT_FOUND,
+    NO_MATCHING_VERSION); a dependency cycle or two versions of one name is FAILED_PRECONDITION
+    (DEPENDENCY_CYCLE, DUPLICATE_VERSIONS); a registry that is down with nothing cached is
+    UNAVAILABLE (REGISTRY_UNAVAILABLE).
+
+      grpcurl -plaintext -d '{"specifier": "wasmer/hello@^0.1"}' \\
+        127.0.0.1:50051 pkgloader.v1.PackageLoaderService/Resolve
+    """
 
 @_typing.type_check_only
 class PackageLoaderServiceAsyncStub(PackageLoaderServiceStub):
@@ -77,6 +92,21 @@ class PackageLoaderServiceAsyncStub(PackageLoaderServiceStub):
     """Removes cache files by declarative criteria; empty criteria impose nothing."""
     Evict: _aio.UnaryUnaryMultiCallable[_package_loader_pb2.EvictRequest, _package_loader_pb2.EvictResponse]  # type: ignore[assignment]
     """Drops packages from the memory cache, and optionally deletes their disk files."""
+    Resolve: _aio.UnaryUnaryMultiCallable[_package_loader_pb2.ResolveRequest, _package_loader_pb2.ResolveResponse]  # type: ignore[assignment]
+    """Resolves a package specifier ("namespace/name@requirement", a URL, or "sha256:<hex>") and its
+    dependencies, breadth-first over each manifest's `use` map, into a dependency graph: the
+    packages to load, the commands each offers and the volumes that form the filesystem. Sources
+    are tried in a fixed order: the registry (PKGLOADER_REGISTRY_URL), then package folders
+    (PKGLOADER_PACKAGE_DIRS), then a URL download. Resolving downloads no package from the
+    registry: its answer holds the manifests. Failures: a malformed specifier is INVALID_ARGUMENT
+    (INVALID_SPECIFIER); an unknown name or no matching version is NOT_FOUND (PACKAGE_NOT_FOUND,
+    NO_MATCHING_VERSION); a dependency cycle or two versions of one name is FAILED_PRECONDITION
+    (DEPENDENCY_CYCLE, DUPLICATE_VERSIONS); a registry that is down with nothing cached is
+    UNAVAILABLE (REGISTRY_UNAVAILABLE).
+
+      grpcurl -plaintext -d '{"specifier": "wasmer/hello@^0.1"}' \\
+        127.0.0.1:50051 pkgloader.v1.PackageLoaderService/Resolve
+    """
 
 class PackageLoaderServiceServicer(metaclass=_abc_1.ABCMeta):
     """Loads packages for other services and manages the cache they are kept in.
@@ -128,5 +158,26 @@ class PackageLoaderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_package_loader_pb2.EvictResponse, _abc.Awaitable[_package_loader_pb2.EvictResponse]]:
         """Drops packages from the memory cache, and optionally deletes their disk files."""
+
+    @_abc_1.abstractmethod
+    def Resolve(
+        self,
+        request: _package_loader_pb2.ResolveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_package_loader_pb2.ResolveResponse, _abc.Awaitable[_package_loader_pb2.ResolveResponse]]:
+        """Resolves a package specifier ("namespace/name@requirement", a URL, or "sha256:<hex>") and its
+        dependencies, breadth-first over each manifest's `use` map, into a dependency graph: the
+        packages to load, the commands each offers and the volumes that form the filesystem. Sources
+        are tried in a fixed order: the registry (PKGLOADER_REGISTRY_URL), then package folders
+        (PKGLOADER_PACKAGE_DIRS), then a URL download. Resolving downloads no package from the
+        registry: its answer holds the manifests. Failures: a malformed specifier is INVALID_ARGUMENT
+        (INVALID_SPECIFIER); an unknown name or no matching version is NOT_FOUND (PACKAGE_NOT_FOUND,
+        NO_MATCHING_VERSION); a dependency cycle or two versions of one name is FAILED_PRECONDITION
+        (DEPENDENCY_CYCLE, DUPLICATE_VERSIONS); a registry that is down with nothing cached is
+        UNAVAILABLE (REGISTRY_UNAVAILABLE).
+
+          grpcurl -plaintext -d '{"specifier": "wasmer/hello@^0.1"}' \\
+            127.0.0.1:50051 pkgloader.v1.PackageLoaderService/Resolve
+        """
 
 def add_PackageLoaderServiceServicer_to_server(servicer: PackageLoaderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
