@@ -31,6 +31,7 @@ from pkgloader_client._errors import (
     CacheFull,
     Cancelled,
     ContentDecodingError,
+    ContentHashMismatch,
     DeadlineExceeded,
     DependencyCycle,
     DuplicateVersions,
@@ -40,6 +41,7 @@ from pkgloader_client._errors import (
     InvalidArgument,
     InvalidPackage,
     InvalidSpecifier,
+    InvalidTree,
     NoDiskCache,
     NoMatchingVersion,
     PackageNotFound,
@@ -99,6 +101,10 @@ EXIT_CODES: dict[type[PkgloaderError], int] = {
     ResolveError: 17,
     DependencyCycle: 17,
     DuplicateVersions: 17,
+    # LoadTree: a corrupt atom exits as a package whose hash does not match does; a tree that
+    # cannot be assembled has its own status.
+    ContentHashMismatch: 5,
+    InvalidTree: 18,
 }
 
 _HEX = re.compile(r"^[0-9a-fA-F]{64}$")

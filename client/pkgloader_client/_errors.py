@@ -11,6 +11,7 @@
     │   ├── UpstreamUnavailable        UPSTREAM_UNAVAILABLE (5xx, connection failure, timeout)
     │   └── ContentDecodingError       CONTENT_DECODING
     ├── HashMismatch                   HASH_MISMATCH: .expected_sha256, .actual_sha256
+    │   └── ContentHashMismatch        CONTENT_HASH_MISMATCH: an atom or file is corrupt
     ├── InvalidPackage                 INVALID_PACKAGE: the bytes are not a package that parses
     ├── ResourceExhausted              RESOURCE_EXHAUSTED
     │   ├── PackageTooLarge            PACKAGE_TOO_LARGE
@@ -27,6 +28,7 @@
     │   ├── DuplicateVersions          DUPLICATE_VERSIONS
     │   ├── RegistryUnavailable        REGISTRY_UNAVAILABLE: down, nothing cached; retryable
     │   └── RegistryRejected           REGISTRY_REJECTED
+    ├── InvalidTree                    INVALID_TREE: a resolved tree cannot be assembled (LoadTree)
     └── TransferError                  what arrived does not match the package's size or sha256
 
 Errors of the service carry a `google.rpc.ErrorInfo` (domain `pkgloader.wasmer.io`) whose reason
@@ -145,6 +147,12 @@ class HashMismatch(PkgloaderError):
         return self.metadata.get("actual_sha256", "")
 
 
+class ContentHashMismatch(HashMismatch):
+    """An atom or volume file does not hash to the sha256 its package records; never served."""
+
+    default_reason = "CONTENT_HASH_MISMATCH"
+
+
 class InvalidPackage(PkgloaderError):
     """The bytes are not a package the server can parse."""
 
@@ -197,6 +205,13 @@ class TransferError(PkgloaderError):
     """The content that arrived does not match the package's announced size or sha256."""
 
     default_reason = ""
+
+
+class InvalidTree(PkgloaderError):
+    """The packages of a resolution do not make a runnable tree (LoadTree): a missing dependency,
+    a shadowed command, a missing atom or volume, webc v2 and v3 packages mixed in the mounts."""
+
+    default_reason = "INVALID_TREE"
 
 
 class ResolveError(PkgloaderError):
@@ -279,6 +294,8 @@ REASONS: dict[str, type[PkgloaderError]] = {
     "DUPLICATE_VERSIONS": DuplicateVersions,
     "REGISTRY_UNAVAILABLE": RegistryUnavailable,
     "REGISTRY_REJECTED": RegistryRejected,
+    "CONTENT_HASH_MISMATCH": ContentHashMismatch,
+    "INVALID_TREE": InvalidTree,
 }
 
 #: Status code → class, for errors without a pkgloader ErrorInfo (grpc itself, proxies, gateways).

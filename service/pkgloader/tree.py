@@ -25,88 +25,24 @@ from __future__ import annotations
 import base64
 import binascii
 import concurrent.futures
+import dataclasses
 import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from pkgloader import formats
 from pkgloader.errors import Cancelled, ContentHashMismatch, InvalidRequest, InvalidTree
 from pkgloader.loader import CHUNK, LoadRequest, LoadResult, PackageLoader, StoredPackage
-from pkgloader.policy import Source
+from pkgloader.policy import HashPolicy, Source
+from pkgloader.resolve import Node, PackageId, Resolution, Resolves, WebcVersion
 
 #: The reference's limit on packages loaded at once for one tree.
 MAX_PARALLEL_DOWNLOADS = 32
 
 WASI_RUNNER_URI = "https://webc.org/runner/wasi"
 WCGI_RUNNER_URI = "https://webc.org/runner/wcgi"
-
-
-# -- what a resolution must offer (the resolver's types have these fields) -----------------------
-
-
-class _Dist(Protocol):
-    @property
-    def webc_url(self) -> str: ...
-    @property
-    def webc_sha256(self) -> str: ...
-    @property
-    def webc_size(self) -> int | None: ...
-
-
-class _Node(Protocol):
-    @property
-    def id(self) -> str: ...
-    @property
-    def dist(self) -> _Dist | None: ...
-
-
-class _Edge(Protocol):
-    @property
-    def source(self) -> str: ...
-    @property
-    def target(self) -> str: ...
-    @property
-    def alias(self) -> str: ...
-
-
-class _Command(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def package(self) -> str: ...
-    @property
-    def original_name(self) -> str: ...
-
-
-class _Mount(Protocol):
-    @property
-    def mount_path(self) -> str: ...
-    @property
-    def package(self) -> str: ...
-    @property
-    def volume(self) -> str: ...
-    @property
-    def original_path(self) -> str | None: ...
-
-
-class Resolution(Protocol):
-    """A resolved dependency graph (`pkgloader.resolve`'s, or one a caller sent)."""
-
-    @property
-    def root(self) -> str: ...
-    @property
-    def nodes(self) -> Sequence[_Node]: ...
-    @property
-    def edges(self) -> Sequence[_Edge]: ...
-    @property
-    def commands(self) -> Sequence[_Command]: ...
-    @property
-    def entrypoint(self) -> str | None: ...
-    @property
-    def mounts(self) -> Sequence[_Mount]: ...
 
 
 # -- what a tree is -------------------------------------------------------------------------------
@@ -187,25 +123,18 @@ class TreeRoot:
     size: int | None = None
 
 
-#: Resolve a root the caller gave without a resolution: (root, alive, timeout) -> (resolution,
-#: warnings).
-Resolver = Callable[
-    [TreeRoot, Callable[[], bool] | None, float | None], tuple[Resolution, list[str]]
-]
-
-
 class TreeLoader:
     """Loads and assembles package trees through one `PackageLoader`."""
 
     def __init__(
         self,
         loader: PackageLoader,
-        resolve: Resolver | None = None,
+        resolver: Resolves | None = None,
         *,
         max_parallel: int = MAX_PARALLEL_DOWNLOADS,
     ) -> None:
         self.loader = loader
-        self._resolve = resolve
+        self._resolver = resolver
         self.max_parallel = max_parallel
 
     def load_tree(
@@ -213,6 +142,7 @@ class TreeLoader:
         root: TreeRoot,
         resolution: Resolution | None = None,
         *,
+        policy: HashPolicy | None = None,
         alive: Callable[[], bool] | None = None,
         timeout: float | None = None,
     ) -> PackageTree:
@@ -221,13 +151,13 @@ class TreeLoader:
         deadline = None if timeout is None else time.monotonic() + timeout
         warnings: list[str] = []
         if resolution is None:
-            if self._resolve is None:
-                raise InvalidRequest("this server has no resolver: send a resolution")
-            resolution, resolved_warnings = self._resolve(root, alive, timeout)
-            warnings.extend(resolved_warnings)
+            resolution = self._resolve(root, warnings)
         graph = _Graph.checked(resolution)
         needed = graph.needed()
-        requests = [self._request(graph, package_id, root) for package_id in needed]
+        requests = [
+            dataclasses.replace(self._request(graph, package_id, root), policy=policy)
+            for package_id in needed
+        ]
         results = self._load_all(requests, alive, deadline)
         loaded = dict(zip(needed, results, strict=True))
         for result in results:
@@ -235,13 +165,13 @@ class TreeLoader:
         mounts, fs_bytes = _mounts(graph, loaded)
         commands, atoms = _commands(graph, loaded, warnings)
         return PackageTree(
-            id=resolution.root,
-            package_ids=tuple(needed),
+            id=str(resolution.root),
+            package_ids=tuple(str(p) for p in needed),
             entrypoint=resolution.entrypoint,
             commands=tuple(commands),
             mounts=tuple(mounts),
             packages=tuple(
-                TreePackage(pid, r.package.hash.hex, r.source, r.package.size)
+                TreePackage(str(pid), r.package.hash.hex, r.source, r.package.size)
                 for pid, r in loaded.items()
             ),
             file_system_bytes=fs_bytes,
@@ -249,25 +179,32 @@ class TreeLoader:
             atoms=tuple(atoms),
         )
 
+    def _resolve(self, root: TreeRoot, warnings: list[str]) -> Resolution:
+        if self._resolver is None:
+            raise InvalidRequest("this server has no resolver: send a resolution")
+        if not root.specifier:
+            raise InvalidRequest("a LoadTree without a resolution needs a specifier")
+        resolved = self._resolver.resolve(root.specifier)
+        warnings.extend(resolved.warnings)
+        return resolved.resolution
+
     @staticmethod
-    def _request(graph: _Graph, package_id: str, root: TreeRoot) -> LoadRequest:
+    def _request(graph: _Graph, package_id: PackageId, root: TreeRoot) -> LoadRequest:
         dist = graph.nodes[package_id].dist
         if package_id == graph.resolution.root and root.sha256:
             # The caller named the root exactly: load that, and the resolution must agree.
-            if dist is not None and dist.webc_sha256.lower() != root.sha256.lower():
+            if dist.webc_sha256.lower() != root.sha256.lower():
                 raise InvalidRequest(
                     f"the summary's webc_sha256 {root.sha256} is not that of the resolution's "
                     f"root {package_id} ({dist.webc_sha256})"
                 )
             return LoadRequest(
-                url=root.url, sha256=root.sha256, package_id=package_id, size_hint=root.size
+                url=root.url, sha256=root.sha256, package_id=str(package_id), size_hint=root.size
             )
-        if dist is None:
-            raise InvalidTree(f'The "{package_id}" package has no distribution to load it from')
         return LoadRequest(
             url=dist.webc_url,
             sha256=dist.webc_sha256,
-            package_id=package_id,
+            package_id=str(package_id),
             size_hint=dist.webc_size,
         )
 
@@ -317,38 +254,20 @@ class TreeLoader:
 @dataclass
 class _Graph:
     resolution: Resolution
-    nodes: dict[str, _Node]
-    #: (from, alias) -> to
-    edges: dict[tuple[str, str], str]
+    nodes: dict[PackageId, Node]
+    #: (from, alias) -> to; the first edge of an alias wins, as the reference's edge search does
+    edges: dict[tuple[PackageId, str], PackageId]
 
     @classmethod
     def checked(cls, resolution: Resolution) -> _Graph:
-        """Index a resolution, refusing one that names a node it does not define."""
-        nodes: dict[str, _Node] = {}
-        for node in resolution.nodes:
-            if node.id in nodes:
-                raise InvalidRequest(f"the resolution defines the node {node.id!r} twice")
-            nodes[node.id] = node
-
-        def known(package_id: str, where: str) -> str:
-            if package_id not in nodes:
-                raise InvalidRequest(
-                    f"the resolution's {where} names {package_id!r}, which is not one of its nodes"
-                )
-            return package_id
-
-        known(resolution.root, "root")
-        edges: dict[tuple[str, str], str] = {}
+        """Index a resolution, refusing (`InvalidRequest`) one that names a node it lacks."""
+        resolution.validate()
+        edges: dict[tuple[PackageId, str], PackageId] = {}
         for edge in resolution.edges:
-            source = known(edge.source, "edge")
-            edges.setdefault((source, edge.alias), known(edge.target, "edge"))
-        for command in resolution.commands:
-            known(command.package, f"command {command.name!r}")
-        for mount in resolution.mounts:
-            known(mount.package, f"mount {mount.mount_path!r}")
-        return cls(resolution, nodes, edges)
+            edges.setdefault((edge.from_, edge.alias), edge.to)
+        return cls(resolution, {n.id: n for n in resolution.nodes}, edges)
 
-    def needed(self) -> list[str]:
+    def needed(self) -> list[PackageId]:
         """The root, then each package that declares a command or backs a mount, once each."""
         order = [self.resolution.root]
         order += [c.package for c in self.resolution.commands]
@@ -358,17 +277,20 @@ class _Graph:
 
 # -- mounts ---------------------------------------------------------------------------------------
 
-_V2_LIKE = ("webc-v1", "webc-v2")  # wasmer counts v1 as v2 (no default mapping otherwise)
 
-
-def _mounts(graph: _Graph, loaded: dict[str, LoadResult]) -> tuple[list[TreeMount], int]:
+def _mounts(graph: _Graph, loaded: dict[PackageId, LoadResult]) -> tuple[list[TreeMount], int]:
     mappings = graph.resolution.mounts
-    v2 = [m.package for m in mappings if loaded[m.package].package.container.format in _V2_LIKE]
-    v3 = [m.package for m in mappings if m.package not in v2]
+    # v1 counts as v2 and tar.gz as v3 (`WebcVersion`), where the reference refuses v1.
+    family = {
+        m.package: WebcVersion.of_format(loaded[m.package].package.container.format)
+        for m in mappings
+    }
+    v2 = [str(p) for p, f in family.items() if f is WebcVersion.V2]
+    v3 = [str(p) for p, f in family.items() if f is WebcVersion.V3]
     if v2 and v3:
         raise InvalidTree(
             "Mix of webc v2 and v3 in the same dependency tree is not supported; "
-            f"v2: {', '.join(dict.fromkeys(v2))}, v3: {', '.join(dict.fromkeys(v3))}"
+            f"v2: {', '.join(v2)}, v3: {', '.join(v3)}"
         )
     mounts, total = [], 0
     for mapping in mappings:
@@ -381,7 +303,9 @@ def _mounts(graph: _Graph, loaded: dict[str, LoadResult]) -> tuple[list[TreeMoun
         # v2 mounts a directory of the volume; v3 always mounts its root (the reference's rule).
         source = (mapping.original_path or "/") if v2 else "/"
         mounts.append(
-            TreeMount(mapping.mount_path, mapping.package, stored.hash.hex, mapping.volume, source)
+            TreeMount(
+                mapping.mount_path, str(mapping.package), stored.hash.hex, mapping.volume, source
+            )
         )
         total += _bytes_under(volume, source)
     return mounts, total
@@ -396,7 +320,7 @@ def _bytes_under(volume: formats.Volume, directory: str) -> int:
 
 
 def _commands(
-    graph: _Graph, loaded: dict[str, LoadResult], warnings: list[str]
+    graph: _Graph, loaded: dict[PackageId, LoadResult], warnings: list[str]
 ) -> tuple[list[TreeCommand], list[TreeAtom]]:
     commands: list[TreeCommand] = []
     atoms: dict[str, TreeAtom] = {}
@@ -411,7 +335,7 @@ def _commands(
                 f'Unable to find the "{resolved.original_name}" command metadata in the '
                 f'"{declared_in}" package'
             )
-        choice = _atom_for(resolved.name, metadata, declared_in)
+        choice = _atom_for(resolved.name, metadata, str(declared_in))
         if choice is None:
             warnings.append(
                 f'Skipping unsupported command "{resolved.name}" of "{declared_in}" '
@@ -450,13 +374,13 @@ def _commands(
                     "container does not have any atom"
                 )
             atom_name = names[0]
-        atom = _verified_atom(stored, atom_name, holder)
+        atom = _verified_atom(stored, atom_name, str(holder))
         atoms.setdefault(atom.sha256, atom)
         commands.append(
             TreeCommand(
                 name=resolved.name,
-                declared_in=declared_in,
-                package=holder,
+                declared_in=str(declared_in),
+                package=str(holder),
                 package_sha256=stored.hash.hex,
                 atom_name=atom_name,
                 atom_sha256=atom.sha256,

@@ -21,6 +21,8 @@ CLIENT = REPO / "client" / "pkgloader_client"
 def _sample(cls: type[errors.PkgloaderError]) -> errors.PkgloaderError:
     if cls is errors.HashMismatch:
         return cls(expected="a" * 64, actual="b" * 64, source="file:/x")
+    if cls is errors.ContentHashMismatch:
+        return cls(what="atom 'a'", expected="a" * 64, actual="b" * 64)
     return cls(f"{cls.__name__} happened", url="http://127.0.0.1:1/x", status="418")
 
 
@@ -60,6 +62,8 @@ EXPECTED = {
     "DUPLICATE_VERSIONS": pkgloader_client.DuplicateVersions,
     "REGISTRY_UNAVAILABLE": pkgloader_client.RegistryUnavailable,
     "REGISTRY_REJECTED": pkgloader_client.RegistryRejected,
+    "CONTENT_HASH_MISMATCH": pkgloader_client.ContentHashMismatch,
+    "INVALID_TREE": pkgloader_client.InvalidTree,
 }
 
 
@@ -82,6 +86,7 @@ def test_all_is_pinned() -> None:
         "Cancelled",
         "Command",
         "ContentDecodingError",
+        "ContentHashMismatch",
         "DeadlineExceeded",
         "Dependency",
         "DependencyCycle",
@@ -95,6 +100,7 @@ def test_all_is_pinned() -> None:
         "InvalidFile",
         "InvalidPackage",
         "InvalidSpecifier",
+        "InvalidTree",
         "Manifest",
         "MismatchedFile",
         "NoDiskCache",
@@ -181,7 +187,7 @@ def _client_error_classes() -> list[type[pkgloader_client.PkgloaderError]]:
 def test_every_client_error_class_is_exported_and_has_an_exit_code() -> None:
     """Each class of the tree is public and has its own row in the CLI's exit-code table."""
     classes = _client_error_classes()
-    assert len(set(classes)) == 28
+    assert len(set(classes)) == 30
     assert all(cls.__name__ in pkgloader_client.__all__ for cls in classes)
     assert set(classes) == set(_cli.EXIT_CODES)
 
