@@ -19,6 +19,7 @@
     ├── ContentHashMismatch          an atom or file does not hash to its manifest/header sha256
     ├── InvalidPackage               the bytes are not a package that parses
     ├── InvalidTree                  a resolved tree cannot be assembled (LoadTree)
+    ├── CacheFileChanged             a cached file was truncated or replaced while being read
     ├── Cancelled                    the caller went away (nobody reads it; logged only)
     ├── DeadlineExceeded             the call's deadline (the client's or the server's) passed
     ├── ResourceExhausted            a limit was reached
@@ -152,6 +153,13 @@ class InvalidTree(PkgloaderError):
     (`load_package_tree`) words."""
 
     reason = "INVALID_TREE"
+
+
+class CacheFileChanged(PkgloaderError):
+    """A disk cache file shrank under a read in progress (another replica, an operator, NFS).
+    What was sent so far cannot be completed; a new call reads (or fetches) the package again."""
+
+    reason = "CACHE_FILE_CHANGED"
 
 
 class Cancelled(PkgloaderError):

@@ -3,6 +3,11 @@
 This is the only place the tiers meet. The rules it keeps:
 
 - Lookup order is memory, then disk (promoted to memory when it fits), then a download.
+  Concurrent first Loads of a package on disk share one promotion (single flight per hash): each
+  of them copying the file into memory multiplied peak RSS by the number of callers.
+- Disk files and download spools are read with pread into bounded buffers, never mapped: a
+  mapped file truncated under a Load killed the process with SIGBUS. Now such a Load fails alone
+  (`CacheFileChanged`).
 - Concurrent loads of the same (hash, URL) in this process share one download (single flight),
   and processes sharing the disk cache take a lease per package, so one replica downloads while
   the others wait for its file.
@@ -21,7 +26,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import mmap
 import os
 import tempfile
 import threading
@@ -36,6 +40,7 @@ from pkgloader.cache.disk import DiskCache
 from pkgloader.cache.memory import MemoryCache
 from pkgloader.cache.spool import Spool
 from pkgloader.errors import (
+    CacheFileChanged,
     Cancelled,
     DeadlineExceeded,
     HashMismatch,
@@ -52,23 +57,70 @@ log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
 
 
+# What a memoized value costs beyond its own bytes (the object, its slot in the memo).
+_MEMO_OVERHEAD = 128
+
+
 @dataclass(eq=False)
 class StoredPackage:
-    """A parsed package and the buffer holding its bytes (process memory or a mapped file)."""
+    """A parsed package and the source of its bytes (process memory or an open file)."""
 
     hash: WebcHash
     size: int
-    buffer: bytes | mmap.mmap
+    source: formats.ByteSource
     container: formats.Container
     cache_name: str | None  # the file name in the disk cache, when the package is there
     #: Values derived from the (immutable) package by the layers above, built once per package.
+    #: Sized values go through `remember`, so the memory tier charges them.
     memo: dict[str, Any] = field(default_factory=dict)
+    #: Told of bytes `remember` adds (set by the loader once the memory tier holds the package).
+    on_grow: Callable[[int], None] | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _remembered: int = 0
 
-    def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
-        """The package bytes in order, `size` at a time; one copy per chunk, no more."""
-        buffer = self.buffer
-        for start in range(0, self.size, size):
-            yield buffer[start : start + size]
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.source, formats.MemorySource)
+
+    @property
+    def charged_bytes(self) -> int:
+        """What this package holds in process memory: its bytes (when they are there), what
+        its parse keeps, and what was remembered with it."""
+        held = self.size if self.in_memory else 0
+        return held + self.container.retained_bytes + self._remembered
+
+    def remember(self, key: str, value: bytes) -> bytes:
+        """Keep `value` (built once per package) under `key` and charge it; the first wins."""
+        with self._lock:
+            kept = self.memo.get(key)
+            if kept is not None:
+                return kept  # type: ignore[no-any-return]
+            self.memo[key] = value
+            cost = len(value) + _MEMO_OVERHEAD
+            self._remembered += cost
+            grow = self.on_grow
+        if grow is not None:
+            grow(cost)
+        return value
+
+    def chunks(self, size: int = CHUNK) -> Iterator[bytes | memoryview]:
+        """The package bytes in order, `size` at a time (views when in memory, else one read
+        into a buffer of `size` each). Raises `CacheFileChanged` if the file shrinks."""
+        source = self.source
+        try:
+            for start in range(0, self.size, size):
+                yield source.read_at(start, min(size, self.size - start))
+        except formats.ContentChanged as exc:
+            log.warning(
+                "cache file changed while it was served",
+                extra={"sha256": self.hash.hex, "file": self.cache_name, "error": str(exc)},
+            )
+            raise CacheFileChanged(
+                f"the cached file of {self.hash.hex} changed while it was being read (truncated "
+                "or replaced by another process); try again",
+                sha256=self.hash.hex,
+                file=self.cache_name or "",
+            ) from None
 
 
 class LoaderEvents:
@@ -134,6 +186,7 @@ class PackageLoader:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_downloads, "download")
         self._max_flights = max_queued_downloads
         self._flights: dict[tuple[str, str], concurrent.futures.Future[_Download]] = {}
+        self._promotions: dict[str, concurrent.futures.Future[StoredPackage | None]] = {}
         self._lock = threading.Lock()
         # Notified whenever a download ends, for callers that wait for room in the queue.
         self._room = threading.Condition(self._lock)
@@ -206,17 +259,40 @@ class PackageLoader:
         return LoadResult(download.package, download.source, warnings)
 
     def _from_disk(self, h: WebcHash) -> StoredPackage | None:
+        """The package from the disk cache, promoted to memory when it fits; one promotion per
+        hash at a time, shared by every caller that arrives while it runs."""
         if self.disk is None:
             return None
-        opened = self.disk.open(h)
-        if opened is None:
-            return None
-        mapped, size = opened
+        with self._lock:
+            promotion = self._promotions.get(h.hex)
+            owner = promotion is None
+            if promotion is None:
+                promotion = self._promotions[h.hex] = concurrent.futures.Future()
+        if not owner:
+            return promotion.result()
         try:
-            return self._keep(h, mapped, size, self.disk.name(h))
+            # A promotion that finished between our memory miss and here did the work already.
+            package = self.memory.get(h.hex) or self._promote(h)
+        except BaseException as exc:
+            promotion.set_exception(exc)
+            raise
+        else:
+            promotion.set_result(package)
+            return package
+        finally:
+            with self._lock:
+                del self._promotions[h.hex]
+
+    def _promote(self, h: WebcHash) -> StoredPackage | None:
+        assert self.disk is not None
+        source = self.disk.open(h)
+        if source is None:
+            return None
+        try:
+            return self._keep(h, source, source.size, self.disk.name(h))
         except formats.FormatError as exc:
-            # Not something we wrote (we publish only what parses): treat it as a miss, and the
-            # download that follows replaces it.
+            # Not something we wrote (we publish only what parses), or truncated under us:
+            # treat it as a miss, and the download that follows replaces it.
             log.warning(
                 "cached file does not parse; downloading again",
                 extra={"sha256": h.hex, "error": str(exc)},
@@ -224,15 +300,17 @@ class PackageLoader:
             return None
 
     def _keep(
-        self, h: WebcHash, mapped: mmap.mmap | bytes, size: int, name: str | None
+        self, h: WebcHash, source: formats.ByteSource, size: int, name: str | None
     ) -> StoredPackage:
         """Parse a verified package and admit it to memory when it fits."""
         if self.memory.admits(size):
-            data = bytes(mapped)  # one copy into process memory; the mapping is dropped
+            # One read into process memory; the file is closed when `source` goes.
+            data = formats.MemorySource(source.read_at(0, size))
             package = StoredPackage(h, size, data, formats.open_package(data), name)
-            self.memory.put(h.hex, package)
+            if self.memory.put(h.hex, package):
+                package.on_grow = lambda extra: self.memory.grow(h.hex, extra)
             return package
-        return StoredPackage(h, size, mapped, formats.open_package(mapped), name)
+        return StoredPackage(h, size, source, formats.open_package(source), name)
 
     # -- single flight ------------------------------------------------------------------------
 
@@ -333,9 +411,9 @@ class PackageLoader:
                 for chunk in chunks:
                     spool.write(chunk)
             actual = spool.finish()
-            mapped = spool.map()
+            source = spool.source()
             try:
-                container = formats.open_package(mapped)
+                container = formats.open_package(source)
             except formats.FormatError as exc:
                 return _Download(actual, None, exc)
             name = None
@@ -345,12 +423,12 @@ class PackageLoader:
             if actual == h.hex:
                 # A verified package: promote it exactly as a disk hit would be.
                 if self.memory.admits(spool.size):
-                    return _Download(actual, self._keep(h, mapped, spool.size, name), None)
+                    return _Download(actual, self._keep(h, source, spool.size, name), None)
                 return _Download(
-                    actual, StoredPackage(h, spool.size, mapped, container, name), None
+                    actual, StoredPackage(h, spool.size, source, container, name), None
                 )
             # Mismatching content: served to callers whose policy allows it, never cached.
-            return _Download(actual, StoredPackage(h, spool.size, mapped, container, None), None)
+            return _Download(actual, StoredPackage(h, spool.size, source, container, None), None)
         finally:
             self._close_spool(spool)
             self.events.downloaded(spool.size, time.monotonic() - started, ok)

@@ -212,6 +212,8 @@ class CacheMaintenance:
 
 
 def _deep_check(disk: DiskCache, name: str) -> list[str]:
+    # Opened from a path, the package is read with pread (never mapped): a file truncated
+    # meanwhile is a ContentChanged problem, not a SIGBUS.
     try:
         container = formats.open_package(disk.root / name)
     except formats.FormatError as exc:
@@ -220,5 +222,7 @@ def _deep_check(disk: DiskCache, name: str) -> list[str]:
         return []
     try:
         return container.validate()
+    except formats.FormatError as exc:  # ContentChanged: it shrank while it was checked
+        return [str(exc)]
     finally:
         container.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import mmap
+import weakref
 from pathlib import Path
 
 import cbor2
@@ -28,9 +29,10 @@ from ._helpers import COWSAY, HELLO, WEBSERVER
 def test_public_names_are_pinned() -> None:
     """The curated __all__ is sorted and is exactly what the rest of the service codes against."""
     assert formats.__all__ == [
-        "JSON", "Atom", "Binding", "Command", "Container", "Dependency", "DetectError",
-        "DirEntry", "FormatError", "Manifest", "Metadata", "TarballLimits", "Volume",
-        "detect", "open_package", "to_jsonable",
+        "CHUNK", "JSON", "Atom", "Binding", "ByteSource", "Command", "Container", "Content",
+        "ContentChanged", "Dependency", "DetectError", "DirEntry", "FileSource", "FormatError",
+        "Manifest", "MemorySource", "Metadata", "TarballLimits", "Volume", "detect",
+        "open_package", "to_jsonable",
     ]  # fmt: skip
     assert formats.__all__ == sorted(formats.__all__, key=lambda n: (not n.isupper(), n))
     for name in formats.__all__:
@@ -85,19 +87,21 @@ def test_open_package_accepts_str_paths_and_bytes_likes() -> None:
             assert c.manifest.entrypoint == "script"
 
 
-def test_tarball_from_a_path_keeps_the_mapping_until_close() -> None:
-    """A tar.gz opened from a path decompresses large members from the mapping on demand, so
-    it keeps the mapping like webc does; close() unmaps it when nothing else holds it."""
+def test_tarball_from_a_path_keeps_the_file_until_close() -> None:
+    """A tar.gz opened from a path decompresses large members from the file on demand, so it
+    keeps the file open like webc does; it is closed once neither the container nor a handle
+    holds it."""
     c = open_package(COWSAY)
-    owned = c._owned
-    assert owned is not None
-    assert not owned.closed
+    assert c._owned is not None
+    owned = weakref.ref(c._owned)
     atom = c.get_atom("cowsay")
     assert atom is not None
     assert len(atom) == 1058629
-    del atom  # a fresh copy, not a view of the mapping: it would not keep it mapped anyway
     c.close()
-    assert owned.closed
+    assert owned() is not None  # the handle still reads
+    assert len(atom.read()) == 1058629
+    del atom
+    assert owned() is None  # and its finalizer closed the descriptor
 
 
 # ------------------------------------------------------------------------- to_jsonable

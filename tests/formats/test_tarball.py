@@ -125,9 +125,9 @@ def test_huge_zero_member_keeps_open_memory_small(tmp_path: Path) -> None:
         assert volume.total_bytes == size + len(MANIFEST) + len(b"\0asm small")
         content = volume.read_file("/big.wasm")
         assert content is not None
-        assert content.readonly
         assert len(content) == size
-        assert hashlib.sha256(content).hexdigest() == expected
+        assert content.sha256().hex() == expected
+        assert all(len(piece) <= 2**20 for piece in content.chunks(2**20))
         del content
         assert bytes(package.get_atom("small") or b"") == b"\0asm small"
         assert package.validate() == []
@@ -164,7 +164,7 @@ def test_lazy_members_read_back_exactly_from_checkpoints(monkeypatch: pytest.Mon
         archive = package._parsed.atoms["big"]._archive  # type: ignore[union-attr]
         assert len(archive.checkpoints) >= 5
         kinds = {path: type(volume._lookup(path).data).__name__ for path in contents}  # type: ignore[union-attr]
-        assert "memoryview" in kinds.values()
+        assert "Region" in kinds.values()
         assert "_Member" in kinds.values()
         for name, content in reversed(contents.items()):
             assert bytes(volume.read_file(name) or b"x") == content, name

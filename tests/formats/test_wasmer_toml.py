@@ -188,7 +188,7 @@ runner = "wasm4"
         assert public.read_dir("/empty") == []
         assert [e.name for e in public.read_dir("/") or []] == ["css", "empty", "index.html"]
         config = c.volumes()["/config"]
-        assert config.read_file("/app.toml") == b"x = 1"
+        assert bytes(config.read_file("/app.toml") or b"") == b"x = 1"
         assert c.validate() == []
 
 

@@ -8,8 +8,10 @@ folder safe to share between processes and replicas:
   fsynced. A file that does not hash to its name is never published.
 - Every writer holds a POSIX lock on its temp file; on start-up, temp files whose lock can be
   taken belong to a dead process and are removed. Live writers of other replicas keep theirs.
-- Readers open and map a file; a concurrent delete (Retain, Evict, prune) unlinks the name only,
-  so a read in progress completes.
+- Readers open a file and read it with `pread` into bounded buffers, never through a mapping: a
+  mapped file truncated under its reader (NFS, another replica, an operator) raises SIGBUS and
+  kills the process, while a read only comes back short. A concurrent delete (Retain, Evict,
+  prune) unlinks the name only, so a read in progress completes.
 - A download of one package by several replicas at once is avoided by a lease file per package
   in `__temp__/` (see `lease.py`): one replica downloads, the others wait for its file.
 - Last use is the file's mtime, renewed on a hit only when older than `touch_interval`: not a
@@ -23,7 +25,6 @@ import errno
 import fcntl
 import hashlib
 import logging
-import mmap
 import os
 import re
 import stat
@@ -36,11 +37,13 @@ from pathlib import Path
 from pkgloader.cache.lease import Lease, stale_lease, try_acquire
 from pkgloader.cache.spool import Spool
 from pkgloader.errors import CacheFull, UpstreamUnavailable
+from pkgloader.formats import FileSource
 from pkgloader.hashes import WebcHash
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".bin"
+_HASH_CHUNK = 1 << 20  # bytes read and hashed at a time
 TEMP_DIR = "__temp__"
 _ENTRY = re.compile(r"^[0-9a-f]{64}\.bin$")
 # ValidateCache, like the reference, also checks names in upper or mixed case.
@@ -74,8 +77,9 @@ class DiskCache:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def open(self, h: WebcHash) -> tuple[mmap.mmap, int] | None:
-        """Map the file for `h` read-only, or None when it is not cached."""
+    def open(self, h: WebcHash) -> FileSource | None:
+        """The file for `h`, open for reading (the source owns the descriptor), or None when it
+        is not cached."""
         path = self.path(h)
         try:
             # O_NOFOLLOW: a symlink at an entry name is not an entry (ELOOP); O_NONBLOCK: nor is
@@ -90,12 +94,14 @@ class DiskCache:
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+                os.close(fd)
                 return None
-            mapped = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
-        finally:
+            source = FileSource(fd, size=st.st_size, name=path.name)
+        except BaseException:
             os.close(fd)
+            raise
         self._touch(path, st.st_mtime)
-        return mapped, st.st_size
+        return source
 
     def contains(self, h: WebcHash) -> bool:
         try:
@@ -262,19 +268,30 @@ class DiskCache:
         return found
 
     def hash_file(self, name: str) -> str | None:
-        """sha256 hex of a cache file, or None if it vanished meanwhile."""
+        """sha256 hex of a cache file, or None if it vanished or shrank while it was hashed."""
         try:
             fd = os.open(self.root / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
             return None
         try:
             size = os.fstat(fd).st_size
-            if size == 0:
-                return hashlib.sha256().hexdigest()
-            # One call over the whole mapping: hashlib releases the GIL for it, so several
-            # files hash in parallel on several threads with no copies.
-            with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
-                return hashlib.sha256(mapped).hexdigest()
+            digest = hashlib.sha256()
+            # Read into one reused buffer (bounded memory, no mapping to fault on); hashlib
+            # releases the GIL for each piece, so several files hash in parallel on threads.
+            buffer = bytearray(_HASH_CHUNK)
+            view = memoryview(buffer)
+            done = 0
+            while done < size:
+                n = os.preadv(fd, [view[: min(_HASH_CHUNK, size - done)]], done)
+                if n == 0:
+                    log.warning(
+                        "cache file shrank while it was hashed",
+                        extra={"file": name, "size": size, "hashed": done},
+                    )
+                    return None
+                digest.update(view[:n])
+                done += n
+            return digest.hexdigest()
         finally:
             os.close(fd)
 

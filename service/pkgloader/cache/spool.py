@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import mmap
 import os
 import queue
 import threading
 from pathlib import Path
 
 from pkgloader.errors import CacheFull, PackageTooLarge
+from pkgloader.formats import FileSource
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _DEPTH = 8  # chunks in flight between the two threads (at most ~8 MiB)
 
 
 class Spool:
-    """A temp file being filled. `fd` stays open after `finish`, for mapping the content."""
+    """A temp file being filled. `fd` stays open after `finish`, for reading the content."""
 
     def __init__(self, fd: int, path: Path | None, max_bytes: int) -> None:
         self.fd = fd
@@ -59,11 +59,10 @@ class Spool:
             self._raise()
         return self._hash.hexdigest()
 
-    def map(self) -> mmap.mmap | bytes:
-        """The content, mapped read-only (an empty file cannot be mapped: then b"")."""
-        if self.size == 0:
-            return b""
-        return mmap.mmap(self.fd, self.size, prot=mmap.PROT_READ)
+    def source(self) -> FileSource:
+        """The content, read with pread through a descriptor of its own (never mapped: see
+        `disk.py`), so it stays readable after the spool is closed or its file published."""
+        return FileSource(os.dup(self.fd), size=self.size, name=self.path.name if self.path else "")
 
     def close(self) -> None:
         """Stop the writer if still running and close the descriptor (idempotent)."""

@@ -173,6 +173,6 @@ class _Decoder:
         return value
 
 
-def decode_cbor(buf: memoryview, what: str) -> object:
+def decode_cbor(buf: bytes | memoryview, what: str) -> object:
     """Decode the first CBOR item of ``buf``; trailing bytes (webc index padding) are ignored."""
-    return _Decoder(buf, what)._value(0)
+    return _Decoder(memoryview(buf), what)._value(0)

@@ -4,63 +4,61 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import hashlib
-import mmap
 import os
 from types import TracebackType
 
-from ._detect import Buffer, as_view, detect
+from ._detect import Buffer, detect
 from ._errors import DetectError, FormatError
 from ._indexed import parse_indexed
 from ._manifest import Manifest, manifest_from_cbor
 from ._parsed import Parsed
+from ._source import ByteSource, Content, FileSource, MemorySource, Region
 from ._tarball import TarballLimits, parse_tarball
 from ._v1 import parse_v1
-from ._volume import Volume, content_sha256, content_view
+from ._volume import Volume, content_sha256
 
-Source = str | os.PathLike[str] | Buffer
+Source = str | os.PathLike[str] | Buffer | ByteSource
 
 
 def open_package(source: Source, *, limits: TarballLimits | None = None) -> Container:
-    """Parse a package from a path (memory-mapped, never read whole) or from bytes in memory.
+    """Parse a package from a path, an open ``ByteSource`` or bytes in memory.
 
+    A path is opened and read with ``os.pread`` in bounded pieces, never mapped and never read
+    whole, so a file truncated under us raises ``ContentChanged`` instead of killing the process.
     Everything structural (headers, index, manifest, volume trees) is parsed here, so a
-    ``FormatError`` surfaces now rather than on first use; atoms and file contents stay views
-    (a tar.gz member larger than a small cap is decompressed again each time it is read).
-    ``limits`` bounds what a tar.gz package may expand to. ``OSError`` from opening a path
-    propagates unchanged.
+    ``FormatError`` surfaces now rather than on first use; atoms and file contents stay
+    ``Content`` handles read on demand (a tar.gz member larger than a small cap is decompressed
+    again each time it is read). ``limits`` bounds what a tar.gz package may expand to.
+    ``OSError`` from opening a path propagates unchanged.
     """
     limits = limits or TarballLimits()
-    owned: mmap.mmap | None = None
-    if isinstance(source, str | os.PathLike):
-        with open(source, "rb") as file:
-            if os.fstat(file.fileno()).st_size == 0:
-                raise DetectError(f"not a package: {os.fsdecode(source)!r} is empty")
-            owned = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-        buffer: Buffer = owned
+    owned: FileSource | None = None
+    if isinstance(source, ByteSource):
+        data = source
+    elif isinstance(source, str | os.PathLike):
+        owned = data = FileSource.open(source)
+        if data.size == 0:
+            data.close()
+            raise DetectError(f"not a package: {os.fsdecode(source)!r} is empty")
     else:
-        buffer = source
+        data = MemorySource(source)
     try:
-        view = as_view(buffer)
-        parsed = _parse(view, limits)
-        # A tar.gz keeps only small members in memory and decompresses the others from the
-        # package bytes when they are read, so it needs them (and a mapping) like webc does.
-        return Container(parsed, view, owned)
+        parsed = _parse(Region(data), limits)
+        return Container(parsed, data, owned)
     except BaseException:
         if owned is not None:
-            _close_quietly(owned)
+            owned.close()
         raise
 
 
-def _parse(view: memoryview, limits: TarballLimits) -> Parsed:
-    kind = detect(view)
+def _parse(region: Region, limits: TarballLimits) -> Parsed:
+    kind = detect(region.read_range(0, min(8, len(region))))
     try:
         if kind == "tarball":
-            return parse_tarball(view, limits)
+            return parse_tarball(region, limits)
         if kind == "webc-v1":
-            return parse_v1(view)
-        return parse_indexed(view, v3=kind == "webc-v3")
+            return parse_v1(region)
+        return parse_indexed(region, v3=kind == "webc-v3")
     except FormatError:
         raise
     except (RecursionError, MemoryError, OverflowError) as exc:  # pragma: no cover - defensive
@@ -69,21 +67,38 @@ def _parse(view: memoryview, limits: TarballLimits) -> Parsed:
         raise FormatError(f"{kind}: cannot parse: {type(exc).__name__}") from None
 
 
-def _close_quietly(owned: mmap.mmap) -> None:
-    # BufferError: views of the mapping are still alive somewhere; dropping our reference lets
-    # it be unmapped when the last of them goes.
-    with contextlib.suppress(BufferError):
-        owned.close()
+# What one node of a parsed tree or of the decoded manifest costs in memory, measured with
+# tracemalloc over the sample packages (a FileNode or DirNode with its name, dict slot and
+# ints; a manifest value with its container slot), rounded up.
+_NODE_COST = 320
+_VALUE_COST = 160
+
+
+def _cost(parsed: Parsed) -> int:
+    """The memory the trees and the manifest of ``parsed`` take, from their node counts."""
+    nodes = len(parsed.atoms) + sum(volume.node_count for volume in parsed.volumes.values())
+    values, pending = 0, [parsed.manifest]
+    while pending:
+        value = pending.pop()
+        values += 1
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list | tuple):
+            pending.extend(value)
+        elif isinstance(value, bytes | str):
+            values += len(value) // _VALUE_COST
+    return nodes * _NODE_COST + values * _VALUE_COST
 
 
 class Container:
-    """A parsed package. Create it with ``open_package``; ``close`` releases a mapped file."""
+    """A parsed package. Create it with ``open_package``; ``close`` releases a file it opened."""
 
-    def __init__(self, parsed: Parsed, view: memoryview | None, owned: mmap.mmap | None) -> None:
+    def __init__(self, parsed: Parsed, source: ByteSource, owned: FileSource | None) -> None:
         self.format = parsed.format
         self.version = parsed.version
         self._parsed = parsed
-        self._view = view
+        self._source: ByteSource | None = source
         self._owned = owned
         self._closed = False
         self._webc_hash: bytes | None = None
@@ -91,6 +106,7 @@ class Container:
         self._checksum_known = False
         sizes = {name: len(atom) for name, atom in parsed.atoms.items()}
         self.manifest: Manifest = manifest_from_cbor(parsed.manifest, sizes)
+        self._retained = parsed.held_bytes + _cost(parsed)
 
     def __repr__(self) -> str:
         atoms, volumes = len(self._parsed.atoms), len(self._parsed.volumes)
@@ -111,10 +127,10 @@ class Container:
         if self._closed:
             raise ValueError("the package is closed")
 
-    def _data(self) -> memoryview:
+    def _data(self) -> Region:
         self._check_open()
-        assert self._view is not None  # set until close()
-        return self._view
+        assert self._source is not None  # set until close()
+        return Region(self._source)
 
     @property
     def webc_hash(self) -> bytes | None:
@@ -122,7 +138,7 @@ class Container:
         if self.format == "tarball":
             return None
         if self._webc_hash is None:
-            self._webc_hash = hashlib.sha256(self._data()).digest()
+            self._webc_hash = self._data().sha256()
         return self._webc_hash
 
     @property
@@ -136,20 +152,21 @@ class Container:
             self._checksum_known = True
         return self._checksum_valid
 
-    def atoms(self) -> dict[str, memoryview]:
-        """Every atom by name, sorted by name; the values are views of the package bytes.
-
-        For a tar.gz an atom larger than a small cap is decompressed on each call into a fresh
-        copy (and ``atoms()`` produces all of them), so prefer ``get_atom`` and keep the result.
-        """
+    def atoms(self) -> dict[str, Content]:
+        """Every atom by name, sorted by name, as ``Content`` handles (nothing is read yet)."""
         self._check_open()
-        return {name: content_view(atom) for name, atom in self._parsed.atoms.items()}
+        return dict(self._parsed.atoms)
 
-    def get_atom(self, name: str) -> memoryview | None:
-        """One atom's bytes (see ``atoms`` for tar.gz), or ``None`` if there is no such atom."""
+    def get_atom(self, name: str) -> Content | None:
+        """One atom as a ``Content`` handle, or ``None`` if there is no such atom."""
         self._check_open()
-        atom = self._parsed.atoms.get(name)
-        return None if atom is None else content_view(atom)
+        return self._parsed.atoms.get(name)
+
+    @property
+    def retained_bytes(self) -> int:
+        """Memory this parsed package holds beyond its source: tar.gz members kept in memory
+        and inflater checkpoints, plus the parsed trees and manifest (see ``_cost``)."""
+        return self._retained
 
     def volumes(self) -> dict[str, Volume]:
         """Every volume under its raw name (``atom``, ``metadata``, ``/settings``, …)."""
@@ -210,20 +227,18 @@ class Container:
         return problems
 
     def close(self) -> None:
-        """Drop every view this container holds and unmap a file it opened; safe to repeat.
+        """Drop every handle this container holds; safe to repeat.
 
-        Views handed out earlier (atoms, file contents) stay valid until their holders drop
-        them; the mapping is unmapped when the last one goes.
+        Handles given out earlier (atoms, files, volumes) keep their source alive and stay
+        readable; a file opened from a path is closed when the last of them goes.
         """
         if self._closed:
             return
         self._closed = True
         self._parsed.atoms.clear()
         self._parsed.volumes.clear()
-        if self._view is not None:
-            with contextlib.suppress(BufferError):
-                self._view.release()
-            self._view = None
-        if self._owned is not None:
-            _close_quietly(self._owned)
-            self._owned = None
+        # The checks close over the parsed sections, and so over the source.
+        self._parsed.problems = list
+        self._parsed.checksum_valid = None
+        self._source = None
+        self._owned = None

@@ -6,12 +6,11 @@ header records (see ``_volume_header``).
 
 from __future__ import annotations
 
-import hashlib
-
 from ._binary import Cursor
 from ._cbor import decode_cbor
 from ._errors import FormatError
 from ._parsed import Parsed
+from ._source import Region
 from ._volume import FileNode, Volume
 from ._volume_header import parse_volume_header
 
@@ -27,7 +26,7 @@ class _Section:
     __slots__ = ("checksum", "declared_hash", "label", "payload")
 
     def __init__(
-        self, label: str, payload: memoryview, declared_hash: bytes | None, checksum: bytes | None
+        self, label: str, payload: Region, declared_hash: bytes | None, checksum: bytes | None
     ) -> None:
         self.label = label
         self.payload = payload
@@ -35,7 +34,7 @@ class _Section:
         self.checksum = checksum  # the index's checksum-sha256 value, if any
 
 
-def parse_indexed(data: memoryview, *, v3: bool) -> Parsed:
+def parse_indexed(data: Region, *, v3: bool) -> Parsed:
     name = "webc v3" if v3 else "webc v2"
     head = Cursor(data, name, pos=8)
     tag = head.u8("index tag")
@@ -68,7 +67,7 @@ def parse_indexed(data: memoryview, *, v3: bool) -> Parsed:
         if found != expected_tag:
             raise FormatError(f"{label}: has tag {found}, expected {expected_tag}")
         declared = bytes(cursor.take(32, "section hash")) if v3 else None
-        payload = cursor.take(cursor.u64("payload length"), "payload")
+        payload = cursor.skip(cursor.u64("payload length"), "payload")
         return _Section(
             label,
             payload,
@@ -80,14 +79,14 @@ def parse_indexed(data: memoryview, *, v3: bool) -> Parsed:
         if key not in index:
             raise FormatError(f"{name} index: no {key} entry")
     manifest_section = section("manifest", index["manifest"], TAG_MANIFEST)
-    manifest = decode_cbor(manifest_section.payload, f"{name} manifest")
+    manifest = decode_cbor(manifest_section.payload.read(), f"{name} manifest")
 
     atoms_section = section("atoms", index["atoms"], TAG_ATOMS)
     cursor = Cursor(atoms_section.payload, atoms_section.label)
     header = cursor.take(cursor.u64("header length"), "header")
-    atoms_data = cursor.take(cursor.u64("data length"), "data")
+    atoms_data = cursor.skip(cursor.u64("data length"), "data")
     atoms_root = parse_volume_header(header, atoms_data, v3=v3, what="atoms")
-    atoms: dict[str, memoryview] = {}
+    atoms: dict[str, Region] = {}
     for atom_name, node in atoms_root.children.items():
         if isinstance(node, FileNode):  # directories in the atoms header are ignored
             if not node.in_bounds:
@@ -95,7 +94,7 @@ def parse_indexed(data: memoryview, *, v3: bool) -> Parsed:
                     f"{atoms_section.label}: atom {atom_name!r} spans bytes "
                     f"[{node.start}, {node.end}), outside the {len(atoms_data)} data bytes"
                 )
-            atoms[atom_name] = atoms_data[node.start : node.end]
+            atoms[atom_name] = atoms_data.sub(node.start, node.size)
 
     # Kept only so ``validate`` can check the atoms' header hashes like any volume's.
     atoms_volume = Volume("(atoms)", atoms_root, expose_hashes=False)
@@ -115,14 +114,14 @@ def parse_indexed(data: memoryview, *, v3: bool) -> Parsed:
         except UnicodeDecodeError:
             raise FormatError(f"{vol.label}: the volume name is not UTF-8") from None
         header = cursor.take(cursor.u64("header length"), "header")
-        volume_data = cursor.take(cursor.u64("data length"), "data")
+        volume_data = cursor.skip(cursor.u64("data length"), "data")
         root = parse_volume_header(header, volume_data, v3=v3, what=f"volume {key!r}")
         volumes[key] = Volume(key, root, expose_hashes=v3)
 
     def problems() -> list[str]:
         found: list[str] = []
         for sec in sections:
-            digest = hashlib.sha256(sec.payload).digest()
+            digest = sec.payload.sha256()
             if sec.declared_hash is not None and sec.declared_hash != digest:
                 found.append(
                     f"{sec.label}: section hash {sec.declared_hash.hex()} does not match the "

@@ -1,14 +1,14 @@
 """tar.gz packages (doc §5), read with memory bounded independently of the expanded size.
 
-Opening makes one streaming pass over the gzip + tar stream: the gzip data is decompressed
-from views of the package bytes a chunk at a time and handed to ``tarfile`` in streaming mode
-(``r|``), and each member's data is read once, in order, after its declared size has passed
-the limits. During the pass the reader keeps only small members (the manifest, and files up
-to ``_KEEP_MEMBER_BYTES`` while their total stays under ``_KEEP_BUDGET``), takes the sha256 of
-the larger members that may be module sources (atom signatures need it), and records where
-every member's data starts in the decompressed stream. A larger member is an ``OnDemand``:
-reading it decompresses the stream again from the nearest checkpoint (a copy of the inflater's
-state, taken every ``_CHECKPOINT_EVERY`` decompressed bytes) up to the member.
+Opening makes one streaming pass over the gzip + tar stream: the gzip data is read from the
+package's source in bounded pieces, decompressed a chunk at a time and handed to ``tarfile`` in
+streaming mode (``r|``), and each member's data is read once, in order, after its declared size
+has passed the limits. During the pass the reader keeps only small members (the manifest, and
+files up to ``_KEEP_MEMBER_BYTES`` while their total stays under ``_KEEP_BUDGET``), takes the
+sha256 of the larger members that may be module sources (atom signatures need it), and records
+where every member's data starts in the decompressed stream. A larger member is a ``Content``
+handle: reading it decompresses the stream again from the nearest checkpoint (a copy of the
+inflater's state, taken every ``_CHECKPOINT_EVERY`` decompressed bytes) up to the member.
 
 Nothing is ever written to disk. The decompressed byte count is capped, and so are the tar
 headers between two members, which stops a gzip bomb hidden in tar metadata (for example a
@@ -27,7 +27,8 @@ from typing import IO
 
 from ._errors import FormatError
 from ._parsed import Parsed
-from ._volume import Content, DirNode, FileNode, OnDemand, Volume, walk
+from ._source import CHUNK, Content, MemorySource, Region
+from ._volume import DirNode, FileNode, Volume, walk
 from ._wasmer_toml import convert, module_sources, sanitize_path
 
 _MANIFEST_NAMES = ("/wasmer.toml", "/wapm.toml")  # in this order of preference
@@ -42,6 +43,9 @@ _KEEP_MEMBER_BYTES = 2**20
 _KEEP_BUDGET = 8 * 2**20
 # Decompressed bytes between two checkpoints (one costs ~40 KiB: the inflater's state).
 _CHECKPOINT_EVERY = 8 * 2**20
+# What one checkpoint holds: zlib's inflate state (~7 KiB) and its 32 KiB window, allocated
+# by the copy, plus the Python objects around them.
+_CHECKPOINT_COST = 48 * 2**10
 _IN_CHUNK = 64 * 2**10  # compressed bytes fed to zlib at a time
 _OUT_CHUNK = 256 * 2**10  # most decompressed bytes produced at a time
 _TAR_BUFSIZE = 64 * 2**10  # tarfile's read size in streaming mode
@@ -70,12 +74,13 @@ class _Checkpoint:
 
 
 class _Inflater:
-    """A gzip stream (one or more members, zero padding between them) over a view, decoded a
-    chunk at a time; zlib checks each member's CRC and length."""
+    """A gzip stream (one or more members, zero padding between them) over a region of the
+    package, read ``_IN_CHUNK`` at a time and decoded a chunk at a time; zlib checks each
+    member's CRC and length."""
 
     def __init__(
         self,
-        data: memoryview,
+        data: Region,
         start: _Checkpoint | None = None,
         checkpoints: list[_Checkpoint] | None = None,
     ) -> None:
@@ -98,7 +103,9 @@ class _Inflater:
                 self._checkpoints.append(_Checkpoint(self.out, consumed, d.copy()))
                 self._next_checkpoint = self.out + _CHECKPOINT_EVERY
             if not self._tail and self._in < len(self._data):
-                self._tail = bytes(self._data[self._in : self._in + _IN_CHUNK])
+                self._tail = bytes(
+                    self._data.read_range(self._in, min(_IN_CHUNK, len(self._data) - self._in))
+                )
                 self._in += len(self._tail)
             fed = self._tail
             out = d.decompress(fed, _OUT_CHUNK)
@@ -120,7 +127,7 @@ class _Inflater:
         self._tail = b""
         pos = end
         while pos < len(self._data):
-            block = bytes(self._data[pos : pos + _IN_CHUNK])
+            block = self._data.read_range(pos, min(_IN_CHUNK, len(self._data) - pos))
             nonzero = block.lstrip(b"\0")
             pos += len(block) - len(nonzero)
             if nonzero:
@@ -139,6 +146,9 @@ class _Feed:
         self._at = 0
         self.position = 0  # decompressed bytes handed out
         self.header_limit: int | None = None  # while tarfile reads headers, the most it may
+
+    def detach(self) -> None:
+        self._inflater = None  # type: ignore[assignment]
 
     def read(self, n: int = -1) -> bytes:
         """At most ``n`` bytes (at most one decompressed chunk); ``b""`` at the end."""
@@ -163,10 +173,10 @@ class _Feed:
 class _Archive:
     """The package bytes and the checkpoints of their decompressed stream."""
 
-    def __init__(self, data: memoryview) -> None:
-        # A view of our own: closing the container releases its view, not this one, so a
-        # Volume the caller kept can still read (as with webc, whose file views outlive it).
-        self.data = data[:]
+    def __init__(self, data: Region) -> None:
+        # Members hold the archive, which holds the source: a Volume the caller kept can still
+        # read after the container is closed (as with webc, whose file handles outlive it).
+        self.data = data
         self.checkpoints: list[_Checkpoint] = []
         self._positions: list[int] = []
 
@@ -195,7 +205,7 @@ class _Archive:
             yield piece
 
 
-class _Member(OnDemand):
+class _Member(Content):
     """A member not kept in memory: ``size`` bytes at ``offset`` of the decompressed stream."""
 
     __slots__ = ("_archive", "_digest", "name", "offset")
@@ -212,13 +222,20 @@ class _Member(OnDemand):
     def __repr__(self) -> str:
         return f"<tar.gz member {self.name!r} size={self.size} offset={self.offset}>"
 
-    def read(self) -> memoryview:
-        content = bytearray(self.size)
-        at = 0
+    def views(self, max_bytes: int = CHUNK) -> Iterator[bytes | memoryview]:
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
         for piece in self._archive.pieces(self.name, self.offset, self.size):
+            for start in range(0, len(piece), max_bytes):
+                yield piece[start : start + max_bytes]
+
+    def read_range(self, offset: int, size: int) -> bytes:
+        content = bytearray(size)
+        at = 0
+        for piece in self._archive.pieces(self.name, self.offset + offset, size):
             content[at : at + len(piece)] = piece
             at += len(piece)
-        return memoryview(content).toreadonly()
+        return bytes(content)
 
     def sha256(self, *, reread: bool = False) -> bytes:
         if self._digest is None or reread:
@@ -229,17 +246,17 @@ class _Member(OnDemand):
         return self._digest
 
 
-def parse_tarball(data: memoryview, limits: TarballLimits) -> Parsed:
-    files, directories = _read_members(data, limits)
+def parse_tarball(data: Region, limits: TarballLimits) -> Parsed:
+    files, directories, held = _read_members(data, limits)
     manifest_text = next((files[n] for n in _MANIFEST_NAMES if n in files), None)
     if manifest_text is None:
         raise FormatError('tar.gz: Unable to find the "wasmer.toml" (nor "wapm.toml") at the root')
-    if isinstance(manifest_text, OnDemand):
+    if not isinstance(manifest_text, Region):
         raise FormatError(
             f"tar.gz: the manifest is {manifest_text.size} bytes, over the "
             f"{_MAX_MANIFEST_BYTES}-byte limit for a manifest"
         )
-    manifest, atoms = convert(bytes(manifest_text), files)
+    manifest, atoms = convert(manifest_text.read(), files)
 
     volumes = {"metadata": Volume("metadata", _tree(files, directories), expose_hashes=False)}
     package = manifest.get("package")
@@ -260,6 +277,7 @@ def parse_tarball(data: memoryview, limits: TarballLimits) -> Parsed:
         manifest=manifest,
         atoms=dict(sorted(atoms.items())),
         volumes=volumes,
+        held_bytes=held,
     )
 
 
@@ -283,7 +301,8 @@ class _Sources:
         return True
 
 
-def _read_members(data: memoryview, limits: TarballLimits) -> tuple[dict[str, Content], set[str]]:
+def _read_members(data: Region, limits: TarballLimits) -> tuple[dict[str, Content], set[str], int]:
+    """The members (kept ones in memory), the directories, and the bytes held in memory."""
     files: dict[str, Content] = {}
     directories: set[str] = set()
     total = 0
@@ -350,7 +369,7 @@ def _read_members(data: memoryview, limits: TarballLimits) -> tuple[dict[str, Co
                         raise FormatError(f"tar.gz: member {member.name!r} is truncated")
                     if path in _MANIFEST_NAMES:
                         sources.saw_manifest(path, content)
-                    files[path] = memoryview(content)
+                    files[path] = Region(MemorySource(content))
                 else:
                     digest = _stream_past(extracted, member, sources.may_be_source(path))
                     files[path] = _Member(archive, path, member.offset_data, member.size, digest)
@@ -364,8 +383,13 @@ def _read_members(data: memoryview, limits: TarballLimits) -> tuple[dict[str, Co
         raise
     except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError) as exc:
         raise FormatError(f"tar.gz: cannot decode the archive: {exc}") from None
+    finally:
+        # tarfile's objects form reference cycles that hold the feed; without its inflater
+        # they no longer hold the package's source (an open file) until a gc pass.
+        feed.detach()
     archive.seal()
-    return files, directories
+    kept_bytes = sum(len(c) for c in files.values() if isinstance(c, Region))
+    return files, directories, kept_bytes + len(archive.checkpoints) * _CHECKPOINT_COST
 
 
 def _stream_past(extracted: IO[bytes], member: tarfile.TarInfo, hashed: bool) -> bytes | None:

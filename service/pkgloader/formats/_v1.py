@@ -13,7 +13,8 @@ from ._binary import Cursor
 from ._cbor import decode_cbor
 from ._errors import FormatError
 from ._parsed import Parsed
-from ._volume import MAX_DEPTH, DirNode, FileNode, Volume, content_view, is_valid_name
+from ._source import Content, Region
+from ._volume import MAX_DEPTH, DirNode, FileNode, Volume, is_valid_name
 
 _CHECKSUM_TYPES = {
     b"----------------": None,
@@ -25,7 +26,7 @@ _SIGNATURE_MAX = 1024
 _ENTRY_FIXED = 24  # 7-byte name length, 1-byte type, u64 start, u64 end
 
 
-def parse_v1(data: memoryview) -> Parsed:
+def parse_v1(data: Region) -> Parsed:
     head = Cursor(data, "webc v1 header")
     head.take(8, "magic and version")
     checksum_type = bytes(head.take(16, "checksum type"))
@@ -41,8 +42,8 @@ def parse_v1(data: memoryview) -> Parsed:
     manifest = decode_cbor(body.take(manifest_len, "manifest"), "webc v1 manifest")
 
     atoms_len = body.uleb128("atoms volume length")
-    atoms_root = _parse_blob(body.take(atoms_len, "atoms volume"), "atoms volume")
-    atoms: dict[str, memoryview] = {}
+    atoms_root = _parse_blob(body.skip(atoms_len, "atoms volume"), "atoms volume")
+    atoms: dict[str, Content] = {}
     for name, node in atoms_root.children.items():
         if isinstance(node, FileNode):
             if not node.in_bounds:
@@ -50,7 +51,7 @@ def parse_v1(data: memoryview) -> Parsed:
                     f"webc v1: atom {name!r} spans bytes [{node.start}, {node.end}), outside "
                     f"the atoms volume's {len(node.data)} data bytes"
                 )
-            atoms[name] = content_view(node.content())
+            atoms[name] = node.content()
 
     volumes: dict[str, Volume] = {}
     while body.remaining:
@@ -63,17 +64,18 @@ def parse_v1(data: memoryview) -> Parsed:
         if name in volumes:
             raise FormatError(f"webc v1: volume {name!r} appears twice")
         volume_len = body.uleb128(f"volume {name!r} length")
-        root = _parse_blob(body.take(volume_len, f"volume {name!r}"), f"volume {name!r}")
+        root = _parse_blob(body.skip(volume_len, f"volume {name!r}"), f"volume {name!r}")
         volumes[name] = Volume(name, root, expose_hashes=False)
 
     def checksum_valid() -> bool | None:
         if _CHECKSUM_TYPES[checksum_type] is None:
             return None
         digest = hashlib.sha256()
-        digest.update(data[:8])
+        digest.update(data.read_range(0, 8))
         digest.update(checksum_type)
         digest.update(bytes(256 + 4 + _SIGNATURE_MAX))
-        digest.update(data[_MANIFEST_OFFSET:])
+        for piece in data.sub(_MANIFEST_OFFSET, len(data) - _MANIFEST_OFFSET).views():
+            digest.update(piece)
         return digest.digest().ljust(256, b"\x00") == checksum
 
     def problems() -> list[str]:
@@ -97,15 +99,15 @@ def parse_v1(data: memoryview) -> Parsed:
     )
 
 
-def _parse_blob(blob: memoryview, what: str) -> DirNode:
+def _parse_blob(blob: Region, what: str) -> DirNode:
     """A volume blob: ULEB128 header length, header, and the rest is file data."""
     cursor = Cursor(blob, f"webc v1 {what}")
     header = cursor.take(cursor.uleb128("header length"), "header")
-    data = blob[cursor.pos :]
+    data = cursor.rest()
     return _parse_header(header, data, what)
 
 
-def _parse_header(header: memoryview, data: memoryview, what: str) -> DirNode:
+def _parse_header(header: bytes | memoryview, data: Region, what: str) -> DirNode:
     root = DirNode()
     if len(header) < 8:  # the reference treats a header this short as an empty root
         return root

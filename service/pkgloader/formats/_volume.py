@@ -1,19 +1,19 @@
 """The in-memory directory tree every format is parsed into, and ``Volume`` over it.
 
 Parsers build the tree once, at open time, so a structural error surfaces there; file bytes
-stay ``memoryview`` slices of the package, or, for a tar.gz member that is not kept in memory,
-an ``OnDemand`` that decompresses them each time they are read.
+are ``Content`` handles: a ``Region`` of the package's source (read when asked for), or, for a
+tar.gz member that is not kept in memory, a member that decompresses them each time.
 """
 
 from __future__ import annotations
 
 import hashlib
-from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
 from ._errors import FormatError
+from ._source import Content, Region
 
 # Deeper trees exist in no real package; the limit stops a forged header from driving the
 # parser (or a caller's recursive walk) into pathological depth.
@@ -22,43 +22,8 @@ MAX_DEPTH = 256
 EMPTY_SHA256 = hashlib.sha256(b"").digest()
 
 
-class OnDemand(ABC):
-    """Bytes that are not held in memory but produced when asked for (a tar.gz member).
-
-    ``len()`` is known without producing them. Each ``read`` makes a fresh copy, so a reader
-    holds a large member only while it uses it.
-    """
-
-    __slots__ = ("size",)
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def __len__(self) -> int:
-        return self.size
-
-    @abstractmethod
-    def read(self) -> memoryview:
-        """A fresh read-only view of all the bytes."""
-
-    @abstractmethod
-    def sha256(self, *, reread: bool = False) -> bytes:
-        """The sha256 of the bytes, computed without holding them; ``reread`` ignores any
-        digest remembered from the open and reads the bytes again."""
-
-
-Content = memoryview | OnDemand
-
-
-def content_view(content: Content) -> memoryview:
-    """The bytes of ``content``: the view itself, or a freshly produced copy."""
-    return content.read() if isinstance(content, OnDemand) else content
-
-
 def content_sha256(content: Content, *, reread: bool = False) -> bytes:
-    if isinstance(content, OnDemand):
-        return content.sha256(reread=reread)
-    return hashlib.sha256(content).digest()
+    return content.sha256(reread=reread)
 
 
 @dataclass(frozen=True)
@@ -84,8 +49,8 @@ class Metadata:
 class FileNode:
     """A file: ``data[start:end]``; the range is checked by ``validate`` and ``read_file``.
 
-    ``data`` is an ``OnDemand`` only for a tar.gz member that is not kept; its range is then
-    always the whole of it.
+    ``data`` is the ``Region`` of the volume's data, or the ``Content`` of a tar.gz member
+    (whose range is then always the whole of it).
     """
 
     __slots__ = ("data", "end", "entry_hash", "hash", "modified", "start")
@@ -117,10 +82,12 @@ class FileNode:
         return 0 <= self.start <= self.end <= len(self.data)
 
     def content(self) -> Content:
-        """The file's bytes (in bounds only): a view, or the ``OnDemand`` itself."""
-        if isinstance(self.data, OnDemand):
-            return self.data
-        return self.data[self.start : self.end]
+        """The file's bytes (in bounds only), as a handle."""
+        if isinstance(self.data, Region):
+            if self.start == 0 and self.end == len(self.data):
+                return self.data
+            return self.data.sub(self.start, self.end - self.start)
+        return self.data
 
 
 class DirNode:
@@ -186,12 +153,11 @@ class Volume:
             for name, child in node.children.items()
         ]
 
-    def read_file(self, path: str) -> memoryview | None:
-        """The bytes of the file at ``path``, or ``None`` if it is not a file.
+    def read_file(self, path: str) -> Content | None:
+        """The file at ``path`` as a ``Content`` handle, or ``None`` if it is not a file.
 
-        For webc the result is a view of the package bytes. For a tar.gz it is a view of
-        the member kept in memory, or, for a large member, a fresh copy decompressed on each
-        call (so a caller should keep what it reads rather than read it again).
+        Nothing is read until the handle is: ``chunks``/``sha256`` stream it in bounded
+        pieces (for a large tar.gz member, decompressing it again on each pass).
         Raises ``FormatError`` if the header places the file outside the volume's data.
         """
         node = self._lookup(path)
@@ -199,7 +165,7 @@ class Volume:
             return None
         if not node.in_bounds:
             raise FormatError(_out_of_bounds(self.name, path, node))
-        return content_view(node.content())
+        return node.content()
 
     def metadata(self, path: str) -> Metadata | None:
         """Type, length and modification time of ``path``, or ``None`` if it does not exist."""
@@ -219,6 +185,10 @@ class Volume:
     @cached_property
     def file_count(self) -> int:
         return sum(1 for _ in self.files())
+
+    @cached_property
+    def node_count(self) -> int:
+        return sum(1 for _ in walk(self._root))
 
     @cached_property
     def total_bytes(self) -> int:

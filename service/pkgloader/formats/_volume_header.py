@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from ._binary import Cursor
 from ._errors import FormatError
+from ._source import Region
 from ._volume import MAX_DEPTH, DirNode, FileNode, is_valid_name
 
 TAG_DIRECTORY = 30
 TAG_FILE = 31
 
 
-def parse_volume_header(header: memoryview, data: memoryview, *, v3: bool, what: str) -> DirNode:
+def parse_volume_header(
+    header: bytes | memoryview, data: Region, *, v3: bool, what: str
+) -> DirNode:
     """Build the tree of a v2 (``v3=False``) or v3 header; file bytes are ranges of ``data``."""
     label = f"webc {'v3' if v3 else 'v2'} {what} header"
     root = DirNode()

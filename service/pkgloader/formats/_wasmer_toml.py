@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from ._errors import FormatError
-from ._volume import Content, content_sha256
+from ._source import Content
+from ._volume import content_sha256
 
 WASI_RUNNER = "https://webc.org/runner/wasi"
 WCGI_RUNNER = "https://webc.org/runner/wcgi"
@@ -143,7 +144,7 @@ def convert(
     """The manifest map and the atoms (module bytes, by module name) of a tar.gz package.
 
     ``files`` maps the archive's sanitized absolute paths to their contents (views, or
-    ``OnDemand`` members, whose sha256 is taken without holding them).
+    members not kept in memory, whose sha256 is taken without holding them).
     """
     try:
         doc = tomllib.loads(text.decode("utf-8"))

@@ -307,7 +307,8 @@ def _serialize_load(item: pb.LoadResponse | bytes) -> bytes:
 
 # A LoadResponse is a oneof of `package` (field 1) and `chunk` (field 2), both length-delimited
 # (wire type 2): tag byte, varint length, payload. Building the bytes here costs one copy of
-# each chunk (from the package buffer, bytes or a mapped file) and no protobuf work at all.
+# each chunk (from the package bytes in memory, or from the buffer a file read filled) and no
+# protobuf work at all.
 _PACKAGE_TAG = b"\x0a"
 _CHUNK_TAG = b"\x12"
 
@@ -325,12 +326,11 @@ _FULL_CHUNK_HEADER = _CHUNK_TAG + _varint(CHUNK)
 
 
 def _chunk_messages(stored: StoredPackage) -> Iterator[bytes]:
-    """`LoadResponse{chunk}` bytes for each 1 MiB slice of the package, in order."""
-    with memoryview(stored.buffer) as view:
-        for start in range(0, stored.size, CHUNK):
-            piece = view[start : start + CHUNK]
-            header = _FULL_CHUNK_HEADER if len(piece) == CHUNK else _CHUNK_TAG + _varint(len(piece))
-            yield b"".join((header, piece))
+    """`LoadResponse{chunk}` bytes for each 1 MiB slice of the package, in order (a file that
+    shrinks meanwhile ends the stream with `CacheFileChanged`, raised by `chunks`)."""
+    for piece in stored.chunks(CHUNK):
+        header = _FULL_CHUNK_HEADER if len(piece) == CHUNK else _CHUNK_TAG + _varint(len(piece))
+        yield b"".join((header, piece))
 
 
 def _package_message(result: LoadResult, package_id: str) -> bytes:
@@ -353,6 +353,7 @@ def _metadata(stored: StoredPackage) -> bytes:
     with it (a warm Load then costs no manifest conversion and no large serialization)."""
     cached: bytes | None = stored.memo.get("pb_metadata")
     if cached is None:
+        # `remember` charges the bytes to the memory tier when the package is held there.
         container = stored.container
         cached = pb.Package(
             format=container.format,
@@ -362,7 +363,7 @@ def _metadata(stored: StoredPackage) -> bytes:
                 for name, volume in container.volumes().items()
             ],
         ).SerializeToString()
-        stored.memo["pb_metadata"] = cached
+        cached = stored.remember("pb_metadata", cached)
     return cached
 
 

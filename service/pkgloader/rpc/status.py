@@ -36,6 +36,8 @@ CODES: dict[type[errors.PkgloaderError], grpc.StatusCode] = {
     errors.ContentHashMismatch: grpc.StatusCode.DATA_LOSS,
     errors.InvalidPackage: grpc.StatusCode.FAILED_PRECONDITION,
     errors.InvalidTree: grpc.StatusCode.FAILED_PRECONDITION,
+    # A conflict with a concurrent change, not the caller's fault: retrying reads afresh.
+    errors.CacheFileChanged: grpc.StatusCode.ABORTED,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
