@@ -33,7 +33,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from pkgloader import formats
-from pkgloader.errors import Cancelled, ContentHashMismatch, InvalidRequest, InvalidTree
+from pkgloader.errors import (
+    CacheFileChanged,
+    Cancelled,
+    ContentHashMismatch,
+    InvalidRequest,
+    InvalidTree,
+)
 from pkgloader.loader import CHUNK, LoadRequest, LoadResult, PackageLoader, StoredPackage
 from pkgloader.policy import HashPolicy, Source
 from pkgloader.resolve import Node, PackageId, Resolution, Resolves, WebcVersion
@@ -449,14 +455,22 @@ def _verified_atom(stored: StoredPackage, name: str, package_id: str) -> TreeAto
     return TreeAtom(cached[0], cached[1], name, package_id, stored)
 
 
-def _atom_pieces(stored: StoredPackage, name: str, size: int) -> Iterator[memoryview]:
-    """The one place atom bytes are read: slices of `Container.get_atom`'s view of the package
-    (a tar.gz member that is not kept in memory is decompressed whole, once per call)."""
-    view = stored.container.get_atom(name)
-    if view is None:
+def _atom_pieces(stored: StoredPackage, name: str, size: int) -> Iterator[bytes | memoryview]:
+    """The one place atom bytes are read: the atom's content handle, at most `size` at a time
+    (views of a package in memory, bounded reads of a file on disk; a tar.gz member is inflated
+    piece by piece). A cache file that shrinks meanwhile is `CacheFileChanged`, as in Load."""
+    content = stored.container.get_atom(name)
+    if content is None:
         raise InvalidTree(f"the '{name}' atom disappeared from its package")
-    for start in range(0, len(view), size):
-        yield view[start : start + size]
+    try:
+        yield from content.views(size)
+    except formats.ContentChanged as exc:
+        raise CacheFileChanged(
+            f"the cached file of {stored.hash.hex} changed while its '{name}' atom was being "
+            f"read ({exc}); try again",
+            sha256=stored.hash.hex,
+            file=stored.cache_name or "",
+        ) from None
 
 
 def atom_chunks(atom: TreeAtom, size: int = CHUNK) -> Iterator[tuple[int, bytes]]:
@@ -472,7 +486,7 @@ def atom_chunks(atom: TreeAtom, size: int = CHUNK) -> Iterator[tuple[int, bytes]
     for piece in _atom_pieces(atom.package, atom.name, size):
         if held is not None:
             yield offset - len(held), held
-        held = bytes(piece)
+        held = bytes(piece)  # a view is valid only until the next piece is read
         digest.update(held)
         offset += len(held)
     actual = digest.hexdigest()
