@@ -70,12 +70,17 @@ from pkgloader_client._models import (
     Manifest,
     MismatchedFile,
     Package,
+    PackageTree,
     RetainResult,
     ServingStatus,
     Source,
+    TreeCommand,
+    TreeMount,
+    TreePackage,
     ValidationReport,
     Volume,
 )
+from pkgloader_client._tree import TreeProgress
 from pkgloader_client._version import __version__
 
 __all__ = [
@@ -116,6 +121,7 @@ __all__ = [
     "PackageLoaderServiceStub",
     "PackageNotFound",
     "PackageTooLarge",
+    "PackageTree",
     "PermissionDenied",
     "PkgloaderError",
     "Progress",
@@ -128,6 +134,10 @@ __all__ = [
     "ServingStatus",
     "Source",
     "TransferError",
+    "TreeCommand",
+    "TreeMount",
+    "TreePackage",
+    "TreeProgress",
     "Unauthenticated",
     "UnknownPackage",
     "UpstreamRejected",
