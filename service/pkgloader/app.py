@@ -27,6 +27,15 @@ from pkgloader.fetch.guard import UpstreamPolicy, guarded_transport
 from pkgloader.loader import PackageLoader, StoredPackage
 from pkgloader.maintenance import CacheMaintenance
 from pkgloader.metrics import Metrics
+from pkgloader.resolve import (
+    CacheSource,
+    DirectorySource,
+    MultiSource,
+    RegistrySource,
+    Resolver,
+    Source,
+    UrlSource,
+)
 from pkgloader.rpc.auth import TokenAuth
 from pkgloader.rpc.interceptors import CallInterceptor
 from pkgloader.rpc.reflection import CommentedReflection, commented_files
@@ -56,6 +65,7 @@ class App:
         default_factory=lambda: health.HealthServicer(experimental_non_blocking=True)
     )
     _scratch: tempfile.TemporaryDirectory[str] | None = None
+    resolver: Resolver | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start_background(self) -> None:
@@ -133,7 +143,37 @@ def build(settings: Settings) -> App:
     )
     metrics = Metrics(loader, memory, disk)
     loader.events = metrics
-    return App(settings, loader, CacheMaintenance(disk, memory), http, metrics, _scratch=scratch)
+    app = App(settings, loader, CacheMaintenance(disk, memory), http, metrics, _scratch=scratch)
+    app.resolver = build_resolver(settings, loader, http, fetchers.http, policy)
+    return app
+
+
+def build_resolver(
+    settings: Settings,
+    loader: PackageLoader,
+    http: httpx.Client,
+    fetcher: HttpFetcher,
+    policy: UpstreamPolicy,
+) -> Resolver:
+    """Resolve's sources in wasmer's fixed order: (for sha256: specifiers, the cache first), the
+    registry, the package folders, a URL download. The registry shares the download client, its
+    outbound policy and the fetcher's token rule."""
+    sources: list[Source] = [CacheSource(loader)]
+    if settings.registry_url:
+        sources.append(
+            RegistrySource(
+                settings.registry_url,
+                http,
+                user_agent=USER_AGENT,
+                auth_headers=fetcher.headers,
+                guard=policy.check_url,
+                ttl=settings.registry_ttl,
+            )
+        )
+    if settings.package_dirs:
+        sources.append(DirectorySource(settings.package_dirs, loader.fetchers.file))
+    sources.append(UrlSource(loader, timeout=settings.download_timeout))
+    return Resolver(MultiSource(sources))
 
 
 def create_server(app: App, address: str | None = None) -> tuple[grpc.Server, int]:
@@ -151,7 +191,12 @@ def create_server(app: App, address: str | None = None) -> tuple[grpc.Server, in
         # Calls beyond this wait in no queue: they get RESOURCE_EXHAUSTED at once.
         maximum_concurrent_rpcs=settings.workers * 16,
     )
-    add_to_server(PackageLoaderServicer(app.loader, app.maintenance, settings.call_timeout), server)
+    add_to_server(
+        PackageLoaderServicer(
+            app.loader, app.maintenance, settings.call_timeout, resolver=app.resolver
+        ),
+        server,
+    )
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
         CommentedReflection(

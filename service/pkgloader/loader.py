@@ -451,6 +451,90 @@ class PackageLoader:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    # -- by hash alone, by URL alone (what the resolver needs) --------------------------------
+
+    def cached(self, sha256: str) -> StoredPackage | None:
+        """The package named `sha256` if the memory or disk cache holds it; never downloads."""
+        h = WebcHash.parse(sha256)
+        package = self.memory.get(h.hex)
+        return package if package is not None else self._from_disk(h)
+
+    def load_url(
+        self,
+        url: str,
+        *,
+        alive: Callable[[], bool] | None = None,
+        timeout: float | None = None,
+    ) -> LoadResult:
+        """Download a package whose sha256 is not known beforehand (a URL specifier).
+
+        The bytes are hashed as they stream to disk; the computed sha256 is the package's name:
+        it is published under it (after parsing, as every download is) and returned with it.
+        There is no expected hash, so no hash policy applies. Concurrent calls for one URL share
+        the download; a later call downloads again, since what a URL serves may change.
+        """
+        parsed = parse_url(url)
+        if parsed.scheme == "file":
+            self.fetchers.file.check(parsed)
+        key = ("", str(parsed))  # "" never collides with a sha256 key of `load`
+        with self._lock:
+            future = self._flights.get(key)
+            if future is None:
+                if len(self._flights) >= self._max_flights:
+                    raise ResourceExhausted(
+                        f"too many downloads in progress ({len(self._flights)}); try again later",
+                        limit=str(self._max_flights),
+                    )
+                future = concurrent.futures.Future()
+                self._flights[key] = future
+                self._pool.submit(self._run_url_flight, key, future)
+        download = self._await(future, alive, timeout)
+        if download.parse_error is not None:
+            raise _invalid(download.parse_error, url)
+        assert download.package is not None
+        return LoadResult(download.package, download.source)
+
+    def _run_url_flight(
+        self, key: tuple[str, str], future: concurrent.futures.Future[_Download]
+    ) -> None:
+        try:
+            result = self._download_unnamed(key[1])
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+        finally:
+            with self._lock:
+                self._flights.pop(key, None)
+
+    def _download_unnamed(self, url: str) -> _Download:
+        spool = self._new_spool()
+        started, ok = time.monotonic(), False
+        try:
+            with self.fetchers.open(parse_url(url)) as chunks:
+                for chunk in chunks:
+                    spool.write(chunk)
+            h = WebcHash(spool.finish())
+            known = self.memory.get(h.hex) or self._from_disk(h)
+            if known is not None:  # the same bytes are cached already: keep that copy
+                ok = True
+                return _Download(h.hex, known, None)
+            mapped = spool.map()
+            try:
+                container = formats.open_package(mapped)
+            except formats.FormatError as exc:
+                return _Download(h.hex, None, exc)
+            name = None
+            if self.disk is not None and spool.path is not None:
+                name = self.disk.publish(spool, h)
+            ok = True
+            if self.memory.admits(spool.size):
+                return _Download(h.hex, self._keep(h, mapped, spool.size, name), None)
+            return _Download(h.hex, StoredPackage(h, spool.size, mapped, container, name), None)
+        finally:
+            self._close_spool(spool)
+            self.events.downloaded(spool.size, time.monotonic() - started, ok)
+
 
 def _too_large(limit: int, size: int) -> PackageTooLarge:
     return PackageTooLarge(

@@ -83,6 +83,21 @@ def _parse_roots(text: str) -> tuple[Path, ...]:
     return tuple(roots)
 
 
+def _parse_registry_url(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return ""
+    import httpx
+
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"bad URL {text!r}: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"expected an http(s) URL with a host, got {text!r}")
+    return text
+
+
 def _parse_cache_dir(text: str) -> Path | None:
     return Path(text).expanduser().absolute() if text.strip() else None
 
@@ -196,6 +211,21 @@ class Settings:
     )
     grace_period: float = _setting(10.0, parse_seconds, "seconds in-flight calls get on shutdown")
     log_level: str = _setting("INFO", str.upper, "DEBUG, INFO, WARNING or ERROR")
+    registry_url: str = _setting(
+        "",
+        _parse_registry_url,
+        "GraphQL endpoint of a Wasmer registry for Resolve (public: "
+        "https://registry.wasmer.io/graphql); empty: no registry is contacted",
+    )
+    registry_ttl: float = _setting(
+        300.0, parse_seconds, "seconds a registry answer is reused before asking again"
+    )
+    package_dirs: tuple[Path, ...] = _setting(
+        (),
+        _parse_roots,
+        "colon-separated folders of <namespace>--<name>@<version>.webc files Resolve reads "
+        "(they must lie under PKGLOADER_FILE_ROOTS)",
+    )
     tokens: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     auth_tokens: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 

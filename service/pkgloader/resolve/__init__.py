@@ -5,6 +5,18 @@ exist, and what are their dist and manifest"; the resolver turns those answers i
 `Resolution` (nodes, edges, commands, entrypoint, mounts).
 """
 
+from pkgloader.resolve._directory import DirectorySource
+from pkgloader.resolve._registry import PUBLIC_REGISTRY, RegistrySource
+from pkgloader.resolve._resolver import MAX_PACKAGES, Resolver
+from pkgloader.resolve._semver import Version, VersionReq
+from pkgloader.resolve._source import Candidates, MultiSource, QueryMiss, Source
+from pkgloader.resolve._specifier import (
+    HashSpecifier,
+    NamedSpecifier,
+    Specifier,
+    UrlSpecifier,
+    parse_specifier,
+)
 from pkgloader.resolve._types import (
     Dependency,
     Dist,
@@ -21,20 +33,40 @@ from pkgloader.resolve._types import (
     Summary,
     WebcVersion,
 )
+from pkgloader.resolve._url import CacheSource, UrlSource, summary_of
 
 __all__ = [
+    "MAX_PACKAGES",
+    "PUBLIC_REGISTRY",
+    "CacheSource",
+    "Candidates",
     "Dependency",
+    "DirectorySource",
     "Dist",
     "Edge",
     "FileSystemMapping",
+    "HashSpecifier",
     "Mount",
+    "MultiSource",
+    "NamedSpecifier",
     "Node",
     "PackageId",
     "PackageInfo",
+    "QueryMiss",
+    "RegistrySource",
     "Resolution",
     "Resolved",
     "ResolvedCommand",
+    "Resolver",
     "Resolves",
+    "Source",
+    "Specifier",
     "Summary",
+    "UrlSource",
+    "UrlSpecifier",
+    "Version",
+    "VersionReq",
     "WebcVersion",
+    "parse_specifier",
+    "summary_of",
 ]
