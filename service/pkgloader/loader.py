@@ -506,6 +506,7 @@ class PackageLoader:
         finally:
             with self._lock:
                 self._flights.pop(key, None)
+                self._room.notify_all()
 
     def _download_unnamed(self, url: str) -> _Download:
         spool = self._new_spool()
@@ -519,9 +520,9 @@ class PackageLoader:
             if known is not None:  # the same bytes are cached already: keep that copy
                 ok = True
                 return _Download(h.hex, known, None)
-            mapped = spool.map()
+            source = spool.source()
             try:
-                container = formats.open_package(mapped)
+                container = formats.open_package(source)
             except formats.FormatError as exc:
                 return _Download(h.hex, None, exc)
             name = None
@@ -529,8 +530,8 @@ class PackageLoader:
                 name = self.disk.publish(spool, h)
             ok = True
             if self.memory.admits(spool.size):
-                return _Download(h.hex, self._keep(h, mapped, spool.size, name), None)
-            return _Download(h.hex, StoredPackage(h, spool.size, mapped, container, name), None)
+                return _Download(h.hex, self._keep(h, source, spool.size, name), None)
+            return _Download(h.hex, StoredPackage(h, spool.size, source, container, name), None)
         finally:
             self._close_spool(spool)
             self.events.downloaded(spool.size, time.monotonic() - started, ok)

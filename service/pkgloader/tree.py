@@ -42,7 +42,7 @@ from pkgloader.errors import (
 )
 from pkgloader.loader import CHUNK, LoadRequest, LoadResult, PackageLoader, StoredPackage
 from pkgloader.policy import HashPolicy, Source
-from pkgloader.resolve import Node, PackageId, Resolution, Resolves, WebcVersion
+from pkgloader.resolve import Node, PackageId, Resolution, Resolves, WebcVersion, summary_of
 
 #: The reference's limit on packages loaded at once for one tree.
 MAX_PARALLEL_DOWNLOADS = 32
@@ -157,7 +157,7 @@ class TreeLoader:
         deadline = None if timeout is None else time.monotonic() + timeout
         warnings: list[str] = []
         if resolution is None:
-            resolution = self._resolve(root, warnings)
+            resolution = self._resolve(root, warnings, policy, alive, timeout)
         graph = _Graph.checked(resolution)
         needed = graph.needed()
         requests = [
@@ -185,12 +185,31 @@ class TreeLoader:
             atoms=tuple(atoms),
         )
 
-    def _resolve(self, root: TreeRoot, warnings: list[str]) -> Resolution:
+    def _resolve(
+        self,
+        root: TreeRoot,
+        warnings: list[str],
+        policy: HashPolicy | None,
+        alive: Callable[[], bool] | None,
+        timeout: float | None,
+    ) -> Resolution:
         if self._resolver is None:
             raise InvalidRequest("this server has no resolver: send a resolution")
-        if not root.specifier:
-            raise InvalidRequest("a LoadTree without a resolution needs a specifier")
-        resolved = self._resolver.resolve(root.specifier)
+        if root.sha256:
+            # A root named exactly: load it (as Load would), then resolve what its manifest uses.
+            request = LoadRequest(
+                url=root.url,
+                sha256=root.sha256,
+                package_id=root.package_id,
+                policy=policy,
+                size_hint=root.size,
+            )
+            result = self.loader.load(request, alive=alive, timeout=timeout, wait_for_room=True)
+            resolved = self._resolver.resolve_from(summary_of(result.package, root.url))
+        elif root.specifier:
+            resolved = self._resolver.resolve(root.specifier)
+        else:
+            raise InvalidRequest("LoadTree needs a specifier or a summary")
         warnings.extend(resolved.warnings)
         return resolved.resolution
 
