@@ -22,6 +22,7 @@ from tests._trees import (
     publish,
     resolution,
     static_tree,
+    static_webserver_dependency,
     tree_request,
     v1_package,
     v3_package,
@@ -497,3 +498,58 @@ def test_static_dep_alias_is_the_fixtures_use_key() -> None:
         ]
         atom = container.manifest.commands[0].annotations["atom"]
         assert atom == {"name": "webserver", "dependency": STATIC_DEP_ALIAS}
+
+
+# -- resolved by the server (no resolution given) ---------------------------------------------
+
+
+@pytest.fixture
+def package_dir(tmp_path: Path) -> Path:
+    """A package folder (PKGLOADER_PACKAGE_DIRS) under the file roots, holding the dependency the
+    v3 fixture's manifest asks for, under the name it asks for."""
+    folder = tmp_path / "files" / "packages"
+    folder.mkdir(parents=True)
+    (folder / "wasmer--static-web-server@1.2.0.webc").write_bytes(static_webserver_dependency())
+    return folder
+
+
+def test_server_resolves_the_fixture_from_its_url_and_a_package_folder(
+    make_server, package_dir: Path
+) -> None:
+    """LoadTree with only a specifier (the fixture's URL) resolves its `use` map offline, from
+    the package folder: `script` runs the folder package's `webserver` atom."""
+    server = make_server(package_dirs=(package_dir,))
+    package, chunks = load_tree(server, tree_request(specifier=STATIC.url, include_atoms=True))
+    assert package.id == STATIC_ROOT_ID
+    assert list(package.package_ids) == [STATIC_ROOT_ID, STATIC_DEP_ID]
+    script = package.commands[0]
+    assert (script.name, script.package, script.atom_name) == ("script", STATIC_DEP_ID, "webserver")
+    assert [(m.mount_path, m.package, m.volume) for m in package.mounts] == [
+        ("/settings", STATIC_ROOT_ID, "/settings")
+    ]
+    assert atoms_by_hash(chunks) == {script.atom_sha256: WEBSERVER_ATOM}
+
+
+def test_server_resolves_a_summary_root(make_server, package_dir: Path) -> None:
+    """A root named by its summary is loaded as Load would, and its dependencies resolved."""
+    server = make_server(package_dirs=(package_dir,))
+    summary = pb.PackageSummary(
+        package_id="static",
+        dist=pb.DistributionInfo(webc_url=STATIC.url, webc_sha256=STATIC.sha256),
+    )
+    package, _ = load_tree(server, tree_request(summary=summary))
+    assert package.commands[0].package == STATIC_DEP_ID
+    bad = pb.PackageSummary(dist=pb.DistributionInfo(webc_url=STATIC.url, webc_sha256="0" * 64))
+    err = expect_error(
+        lambda: load_tree(server, tree_request(summary=bad)), grpc.StatusCode.DATA_LOSS
+    )
+    assert error_info(err).reason == "HASH_MISMATCH"
+
+
+def test_an_unresolvable_dependency_keeps_resolves_status(server: Running) -> None:
+    """Without the package folder the fixture's dependency is found nowhere: NOT_FOUND, as
+    Resolve says it."""
+    err = expect_error(
+        lambda: load_tree(server, tree_request(specifier=STATIC.url)), grpc.StatusCode.NOT_FOUND
+    )
+    assert "wasmer/static-web-server" in err.details()
