@@ -1,11 +1,14 @@
 """Bare gRPC servers, the baselines: as little work per call as grpcio allows.
 
-`python -m bench._baselines --kind sync|aio --port P --mode echo|stream ...`
+`python -m bench._baselines --kind sync|aio --port P --mode echo|stream|file ...`
 
 - `echo`: a unary request answered by one streamed message of `--reply-bytes` bytes (the shape of
   a metadata-only Load).
 - `stream`: a unary request answered by `--total` bytes in pre-serialized `LoadResponse.chunk`
   messages of `--chunk` bytes (tag 0x12, varint length, data): the cheapest possible Load.
+- `file` (sync only): the file `--file` in such messages, read per call as `--read` says:
+  `mmap` (a mapping sliced into each message: how pkgloader served disk files before issue 10,
+  which a truncation turned into SIGBUS) or `pread` (one read into a buffer per chunk).
 
 Handlers take and return raw bytes (no (de)serializers), so the numbers are grpcio's own.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import mmap
 import os
 import signal
 import threading
@@ -24,7 +28,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from bench._common import field_bytes
+from bench._common import field_bytes, varint
 
 OPTIONS = [
     ("grpc.so_reuseport", 0),
@@ -43,9 +47,30 @@ def _messages(args: argparse.Namespace) -> list[bytes]:
     return [field_bytes(2, bytes(data[:-1]) + bytes([i % 256])) for i in range(count)]
 
 
+def _file_messages(path: str, chunk: int, read: str) -> Iterator[bytes]:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if read == "mmap":
+            with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped, memoryview(mapped) as view:
+                for start in range(0, size, chunk):
+                    piece = view[start : start + chunk]
+                    yield b"".join((b"\x12", varint(len(piece)), piece))
+                    piece.release()
+        else:
+            for start in range(0, size, chunk):
+                piece = os.pread(fd, min(chunk, size - start), start)
+                yield b"".join((b"\x12", varint(len(piece)), piece))
+    finally:
+        os.close(fd)
+
+
 def serve_sync(args: argparse.Namespace, messages: list[bytes]) -> None:
     def call(request: bytes, context: Any) -> Iterator[bytes]:
-        yield from messages
+        if args.mode == "file":
+            yield from _file_messages(args.file, args.chunk, args.read)
+        else:
+            yield from messages
 
     handler = grpc.method_handlers_generic_handler(
         "bench.Bare", {"Call": grpc.unary_stream_rpc_method_handler(call)}
@@ -86,13 +111,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--kind", choices=["sync", "aio"], required=True)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--mode", choices=["echo", "stream"], required=True)
+    parser.add_argument("--mode", choices=["echo", "stream", "file"], required=True)
+    parser.add_argument("--file", help="for --mode file: the file to stream")
+    parser.add_argument("--read", choices=["mmap", "pread"], default="pread")
     parser.add_argument("--reply-bytes", type=int, default=64)
     parser.add_argument("--chunk", type=int, default=1024 * 1024)
     parser.add_argument("--total", type=int, default=256 * 1024 * 1024)
     parser.add_argument("--workers", type=int, default=64)
     args = parser.parse_args()
-    messages = _messages(args)
+    messages = [] if args.mode == "file" else _messages(args)
     if args.kind == "sync":
         serve_sync(args, messages)
     else:

@@ -450,7 +450,7 @@ def stream_once(
 @contextlib.contextmanager
 def bare_server(
     kind: str, mode: str, *, malloc: Mapping[str, str] | None = None, log: Path | None = None,
-    **options: int,
+    **options: int | str,
 ) -> Iterator[tuple[Proc, int]]:
     """A `bench._baselines` server as a child process."""
     port = free_port()

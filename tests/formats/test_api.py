@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import mmap
+import os
 import weakref
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from pkgloader.formats import (
 )
 from pkgloader.formats._cbor import decode_cbor
 
-from ._helpers import COWSAY, HELLO, WEBSERVER
+from ._helpers import COWSAY, DASH, HELLO, WEBSERVER
 
 
 def test_public_names_are_pinned() -> None:
@@ -219,3 +221,54 @@ def test_decoder_does_not_apply_semantic_tags() -> None:
     decoded = decode_cbor(memoryview(encoded), "test")
     assert decoded == cbor2.CBORTag(28, [cbor2.CBORTag(29, 0)])
     assert to_jsonable(decoded) == {"$tag": 28, "value": [{"$tag": 29, "value": 0}]}
+
+
+# ------------------------------------------------------------------------- content handles
+
+
+def test_content_handles_stream_in_bounded_chunks_and_hash(tmp_path: Path) -> None:
+    """An atom read from a file comes in chunks of at most max_bytes that add up to the atom,
+    and sha256() streams to the same digest as hashing the whole bytes."""
+    with open_package(COWSAY) as c:
+        atom = c.get_atom("cowsay")
+        assert atom is not None
+        whole = atom.read()
+        pieces = list(atom.chunks(100_000))
+        assert all(isinstance(p, bytes) and 0 < len(p) <= 100_000 for p in pieces)
+        assert b"".join(pieces) == whole
+        assert atom.sha256() == hashlib.sha256(whole).digest()
+    raw = DASH.read_bytes()
+    with open_package(DASH) as from_file, open_package(raw) as from_bytes:
+        for name, atom in from_file.atoms().items():
+            other = from_bytes.get_atom(name)
+            assert other is not None
+            assert other.size == atom.size
+            assert b"".join(atom.chunks(4096)) == bytes(other)
+            assert atom.sha256() == other.sha256()
+
+
+def test_a_file_truncated_under_a_handle_raises_content_changed(tmp_path: Path) -> None:
+    """A package file truncated after the open: reading an atom raises ContentChanged (a
+    FormatError naming the change), never a fault."""
+    path = tmp_path / "copy.webc"
+    path.write_bytes(DASH.read_bytes())
+    with open_package(path) as c:
+        atom = c.get_atom("dash")
+        assert atom is not None
+        os.truncate(path, 2000)
+        with pytest.raises(formats.ContentChanged, match="changed while being read"):
+            atom.read()
+        with pytest.raises(formats.FormatError):
+            list(atom.chunks(1024))
+
+
+def test_a_file_truncated_before_the_parse_is_a_format_error(tmp_path: Path) -> None:
+    """A FileSource whose file shrank between its size and its parse fails the parse with
+    ContentChanged."""
+    path = tmp_path / "copy.tar.gz"
+    path.write_bytes(COWSAY.read_bytes())
+    source = formats.FileSource.open(path)
+    os.truncate(path, 1000)
+    with pytest.raises(formats.ContentChanged):
+        open_package(source)
+    source.close()
