@@ -14,9 +14,24 @@ def test_bench_quick_pass_writes_results(tmp_path: Path) -> None:
     with its baseline; no figure's value is checked (benchmarks are not tests)."""
     out = tmp_path / "RESULTS.md"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--no-buildgrid", "--work", str(tmp_path / "w"),
-         "--out", str(out), "formats_open", "single_flight"],
-        cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--no-buildgrid",
+            "--work",
+            str(tmp_path / "w"),
+            "--out",
+            str(out),
+            "formats_open",
+            "single_flight",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     text = out.read_text()

@@ -36,6 +36,7 @@ from pkgloader_client._models import (
     EvictResult,
     Package,
     PackageTree,
+    Resolution,
     RetainResult,
     ServingStatus,
     ValidationReport,
@@ -246,6 +247,13 @@ class AsyncPackageLoaderClient:
                 request, **self._call_args(timeout, self.timeout)
             )
         return ValidationReport.from_proto(response)
+
+    async def resolve(self, specifier: str, *, timeout: float | None = None) -> Resolution:
+        """Resolve `namespace/name@requirement`, a URL or `sha256:<hex>` and its dependencies."""
+        request = pb.ResolveRequest(specifier=specifier)
+        with _translated():
+            response = await self.stub.Resolve(request, **self._call_args(timeout, self.timeout))
+        return Resolution.from_proto(response)
 
     async def health(
         self, service: str = SERVICE_NAME, *, timeout: float | None = None

@@ -270,6 +270,11 @@ def parser() -> argparse.ArgumentParser:
         help="show progress while the tree loads (default: when stderr is a terminal)",
     )
 
+    resolve = command("resolve", "resolve a package and its dependencies (no download)")
+    resolve.add_argument(
+        "specifier", metavar="SPEC", help="namespace/name[@requirement], a URL, or sha256:HEX"
+    )
+
     health = command("health", "the server's health status (exit 15 unless SERVING)")
     health.add_argument("--service", default=None, help='the service to ask for ("" = server)')
     return root
@@ -562,6 +567,53 @@ def _tree_view(tree: PackageTree) -> RichTree:
     return view
 
 
+def _resolve(client: PackageLoaderClient, args: argparse.Namespace, out: _Output) -> int:
+    resolution = client.resolve(args.specifier, timeout=args.timeout)
+    if out.as_json:
+        # The ResolveResponse as grpcurl prints it: its `resolution` can be sent back as it is.
+        out.json(resolution.to_dict())
+        return OK
+    out.line(f"root: {resolution.root}")
+    if resolution.entrypoint:
+        out.line(f"entrypoint: {resolution.entrypoint}")
+    for warning in resolution.warnings:
+        out.line(f"warning: {warning}")
+    packages = Table(title="packages", title_justify="left")
+    packages.add_column("id")
+    packages.add_column("sha256", no_wrap=True)
+    packages.add_column("size", justify="right")
+    packages.add_column("url")
+    for n in resolution.nodes:
+        size = _human(n.webc_size) if n.webc_size is not None else ""
+        packages.add_row(n.id, n.webc_sha256, size, n.webc_url or "(cached)")
+    out.table(packages)
+    if resolution.edges:
+        deps = Table(title="dependencies", title_justify="left")
+        deps.add_column("package")
+        deps.add_column("alias")
+        deps.add_column("resolved to")
+        for e in resolution.edges:
+            deps.add_row(e.from_, e.alias, e.to)
+        out.table(deps)
+    if resolution.commands:
+        commands = Table(title="commands", title_justify="left")
+        commands.add_column("name")
+        commands.add_column("declared in")
+        for c in resolution.commands:
+            commands.add_row(c.name, c.package)
+        out.table(commands)
+    if resolution.mounts:
+        mounts = Table(title="mounts", title_justify="left")
+        mounts.add_column("path")
+        mounts.add_column("package")
+        mounts.add_column("volume")
+        mounts.add_column("from")
+        for m in resolution.mounts:
+            mounts.add_row(m.mount_path, m.package, m.volume, m.original_path or "/")
+        out.table(mounts)
+    return OK
+
+
 _COMMANDS: dict[str, Callable[[PackageLoaderClient, argparse.Namespace, _Output], int]] = {
     "load": _load,
     "scan": _scan,
@@ -570,6 +622,7 @@ _COMMANDS: dict[str, Callable[[PackageLoaderClient, argparse.Namespace, _Output]
     "validate": _validate,
     "health": _health,
     "tree": _tree,
+    "resolve": _resolve,
 }
 
 

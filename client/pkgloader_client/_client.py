@@ -35,6 +35,7 @@ from pkgloader_client._models import (
     EvictResult,
     Package,
     PackageTree,
+    Resolution,
     RetainResult,
     ServingStatus,
     ValidationReport,
@@ -262,6 +263,14 @@ class PackageLoaderClient:
         with _translated():
             return ValidationReport.from_proto(
                 self.stub.ValidateCache(request, **self._call_args(timeout, self.timeout))
+            )
+
+    def resolve(self, specifier: str, *, timeout: float | None = None) -> Resolution:
+        """Resolve `namespace/name@requirement`, a URL or `sha256:<hex>` and its dependencies."""
+        request = pb.ResolveRequest(specifier=specifier)
+        with _translated():
+            return Resolution.from_proto(
+                self.stub.Resolve(request, **self._call_args(timeout, self.timeout))
             )
 
     def health(self, service: str = SERVICE_NAME, *, timeout: float | None = None) -> ServingStatus:

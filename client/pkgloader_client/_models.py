@@ -272,6 +272,88 @@ class ValidationReport(_Data):
 
 
 @dataclasses.dataclass(frozen=True)
+class ResolvedNode(_Data):
+    """A package of a resolution and where to get it (an empty `webc_url`: it is cached)."""
+
+    id: str
+    webc_url: str
+    webc_sha256: str
+    webc_size: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedEdge(_Data):
+    """Package `from_` (the proto's `from`) uses package `to` under `alias`."""
+
+    from_: str
+    to: str
+    alias: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedCommand(_Data):
+    name: str
+    package: str
+    original_name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedMount(_Data):
+    mount_path: str
+    package: str
+    volume: str
+    original_path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolution(_Data):
+    """What Resolve answered: the dependency graph, commands, entrypoint and mounts.
+
+    `message` is the `pb.Resolution` itself, to send back as it is (LoadTree takes one);
+    `to_dict()` gives the ResolveResponse's JSON as grpcurl prints it.
+    """
+
+    root: str
+    nodes: list[ResolvedNode]
+    edges: list[ResolvedEdge]
+    commands: list[ResolvedCommand]
+    entrypoint: str | None
+    mounts: list[ResolvedMount]
+    warnings: list[str]
+    message: pb.Resolution = dataclasses.field(repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "resolution": json_format.MessageToDict(self.message),
+            "warnings": list(self.warnings),
+        }
+
+    @classmethod
+    def from_proto(cls, r: pb.ResolveResponse) -> Resolution:
+        m = r.resolution
+        return cls(
+            root=m.root,
+            nodes=[
+                ResolvedNode(
+                    n.id,
+                    n.dist.webc_url,
+                    n.dist.webc_sha256,
+                    n.dist.webc_size if n.dist.HasField("webc_size") else None,
+                )
+                for n in m.nodes
+            ],
+            edges=[ResolvedEdge(getattr(e, "from"), e.to, e.alias) for e in m.edges],
+            commands=[ResolvedCommand(c.name, c.package, c.original_name) for c in m.commands],
+            entrypoint=m.entrypoint if m.HasField("entrypoint") else None,
+            mounts=[
+                ResolvedMount(x.mount_path, x.package, x.volume, x.original_path) for x in m.mounts
+            ],
+            warnings=list(r.warnings),
+            message=m,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class TreeCommand(_Data):
     """A command of a tree: the package that declares it and the atom (in which package) it runs."""
 

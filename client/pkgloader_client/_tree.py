@@ -20,15 +20,15 @@ from google.protobuf import json_format
 from pkgloader_client._config import _HASH_VALIDATION, AtomicFile, HashValidation, PathLike
 from pkgloader_client._errors import InternalError, InvalidArgument, TransferError
 from pkgloader_client._generated.pkgloader.v1 import package_loader_pb2 as pb
-from pkgloader_client._models import PackageTree
+from pkgloader_client._models import PackageTree, Resolution
 
 #: Called with (atom bytes received, atom bytes announced) once the tree arrives and after each
 #: atom chunk.
 TreeProgress = Callable[[int, int], None]
 
-#: A resolution to send back: the message, or its proto3 JSON form (what `Resolve` printed by
-#: grpcurl or `pkgloader-client resolve --json` gives), as a dict.
-ResolutionLike = pb.Resolution | Mapping[str, Any]
+#: A resolution to send back: what `resolve()` returned, the message, or its proto3 JSON form
+#: (what grpcurl printed for Resolve, or its `resolution` field) as a dict.
+ResolutionLike = Resolution | pb.Resolution | Mapping[str, Any]
 
 
 def tree_request(
@@ -68,7 +68,9 @@ def tree_request(
         if size is not None:
             request.summary.dist.webc_size = size
     if resolution is not None:
-        if isinstance(resolution, pb.Resolution):
+        if isinstance(resolution, Resolution):
+            request.resolution.CopyFrom(resolution.message)
+        elif isinstance(resolution, pb.Resolution):
             request.resolution.CopyFrom(resolution)
         else:
             try:

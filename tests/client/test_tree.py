@@ -26,6 +26,7 @@ from tests._trees import (
     publish,
     resolution,
     static_tree,
+    static_webserver_dependency,
     v3_package,
     wasi_command,
 )
@@ -208,3 +209,16 @@ def test_cli_tree_exit_code_of_an_invalid_tree(
     assert result.returncode == 18
     assert result.stderr.startswith("pkgloader-client: INVALID_TREE: The 'run' command uses")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_resolve_then_load_tree(make_server, tmp_path: Path) -> None:
+    """What `resolve()` returns goes straight into `load_tree(resolution=...)`."""
+    folder = tmp_path / "files" / "packages"
+    folder.mkdir(parents=True)
+    (folder / "wasmer--static-web-server@1.2.0.webc").write_bytes(static_webserver_dependency())
+    server = make_server(package_dirs=(folder,))
+    with PackageLoaderClient(server.address) as client:
+        resolved = client.resolve(STATIC.url)
+        got = client.load_tree(STATIC.url, resolution=resolved, include_atoms=True)
+    assert got.commands[0].package == STATIC_DEP_ID
+    assert got.atoms == {ATOM_SHA: WEBSERVER_ATOM}

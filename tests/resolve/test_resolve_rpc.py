@@ -541,3 +541,43 @@ def test_resolution_naming_an_unknown_node_is_refused() -> None:
     )
     with pytest.raises(InvalidRequest, match=r"c/d@1\.0\.0, which is not among its nodes"):
         resolution_from_proto(message)
+
+
+def test_cycles_are_named_along_their_edges_from_the_node_nearest_the_root(
+    make_server: Callable[..., Running], tmp_path: Path
+) -> None:
+    """root → a → b → c → a is spelled a → b → c → a; a package using itself, p → p."""
+    folder = tmp_path / "files" / "cycles"
+    folder.mkdir(parents=True)
+    for name, use in [
+        ("root", {"a": "t/a@1"}),
+        ("a", {"b": "t/b@1"}),
+        ("b", {"c": "t/c@1"}),
+        ("c", {"a": "t/a@1"}),
+        ("self", {"me": "t/self@1"}),
+    ]:
+        (folder / f"t--{name}@1.0.0.webc").write_bytes(
+            package(f"t/{name}", "1.0.0", use=use, v3=True)
+        )
+    server = make_server(package_dirs=(folder,))
+    code, reason, message, _ = failure(server, "t/root")
+    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "DEPENDENCY_CYCLE")
+    assert message == "Dependency cycle detected: t/a@1.0.0 → t/b@1.0.0 → t/c@1.0.0 → t/a@1.0.0"
+    assert failure(server, "t/self")[2] == "Dependency cycle detected: t/self@1.0.0 → t/self@1.0.0"
+
+
+def test_a_graph_larger_than_the_limit_is_resource_exhausted(tmp_path: Path) -> None:
+    """The resolver stops at max_packages nodes rather than growing without bound."""
+    from pkgloader.errors import ResourceExhausted
+    from pkgloader.fetch.file import FileFetcher
+    from pkgloader.resolve import DirectorySource, MultiSource, Resolver
+
+    folder = tmp_path / "chain"
+    folder.mkdir()
+    for i in range(5):
+        use = {"next": f"t/p{i + 1}@1"} if i < 4 else {}
+        (folder / f"t--p{i}@1.0.0.webc").write_bytes(package(f"t/p{i}", "1.0.0", use=use))
+    source = MultiSource([DirectorySource((folder,), FileFetcher((tmp_path,)))])
+    assert len(Resolver(source).resolve("t/p0").resolution.nodes) == 5
+    with pytest.raises(ResourceExhausted, match="more than 3 packages"):
+        Resolver(source, max_packages=3).resolve("t/p0")

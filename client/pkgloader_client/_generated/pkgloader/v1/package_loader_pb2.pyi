@@ -1026,7 +1026,9 @@ class ResolvedNode(_message.Message):
     """
     @_builtins.property
     def dist(self) -> Global___DistributionInfo:
-        """Where to download it and what it hashes to."""
+        """Where to download it and what it hashes to. An empty `webc_url` means the package was found
+        in the cache by its sha256 (a "sha256:" specifier), whose origin the cache does not record.
+        """
 
     def __init__(
         self,
