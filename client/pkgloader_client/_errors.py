@@ -18,7 +18,8 @@
     │   └── CacheFull                  CACHE_FULL
     ├── Cancelled                      the call was cancelled
     ├── DeadlineExceeded               the call's deadline passed
-    ├── ServiceUnavailable             the server cannot be reached (UNAVAILABLE, no ErrorInfo)
+    ├── ServiceUnavailable             the server cannot be reached (UNAVAILABLE, no ErrorInfo),
+    │                                  or CACHE_FILE_CHANGED: a cached file changed under the read
     ├── InternalError                  INTERNAL, UNKNOWN and any code without a better class
     ├── ResolveError                   RESOLVE_FAILED: a specifier did not resolve
     │   ├── InvalidSpecifier           INVALID_SPECIFIER (also an InvalidArgument)
@@ -285,6 +286,8 @@ REASONS: dict[str, type[PkgloaderError]] = {
     "RESOURCE_EXHAUSTED": ResourceExhausted,
     "PACKAGE_TOO_LARGE": PackageTooLarge,
     "CACHE_FULL": CacheFull,
+    # A cache file truncated under a Load (ABORTED): a new call reads it afresh.
+    "CACHE_FILE_CHANGED": ServiceUnavailable,
     "INTERNAL": InternalError,
     "RESOLVE_FAILED": ResolveError,
     "INVALID_SPECIFIER": InvalidSpecifier,

@@ -64,6 +64,7 @@ EXPECTED = {
     "REGISTRY_REJECTED": pkgloader_client.RegistryRejected,
     "CONTENT_HASH_MISMATCH": pkgloader_client.ContentHashMismatch,
     "INVALID_TREE": pkgloader_client.InvalidTree,
+    "CACHE_FILE_CHANGED": pkgloader_client.ServiceUnavailable,
 }
 
 
