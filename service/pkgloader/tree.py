@@ -138,10 +138,17 @@ class TreeLoader:
         resolver: Resolves | None = None,
         *,
         max_parallel: int = MAX_PARALLEL_DOWNLOADS,
+        threads: int = 2 * MAX_PARALLEL_DOWNLOADS,
     ) -> None:
         self.loader = loader
         self._resolver = resolver
         self.max_parallel = max_parallel
+        # One pool for every tree, its threads reused: a pool per call spent more on starting
+        # threads than a warm tree spends on its memory hits. Each tree submits at most
+        # `max_parallel` loads at a time, so two trees can make progress together; more wait
+        # their turn (waiting, never failing). A load never submits to this pool, so it cannot
+        # deadlock on it.
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, "tree")
 
     def load_tree(
         self,
@@ -258,19 +265,31 @@ class TreeLoader:
 
         if len(requests) == 1:
             return [load(requests[0])]
-        workers = max(1, min(self.max_parallel, len(requests)))
-        with concurrent.futures.ThreadPoolExecutor(workers, "tree") as pool:
-            futures = [pool.submit(load, r) for r in requests]
-            concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+        slots = threading.BoundedSemaphore(self.max_parallel)
+        futures: list[concurrent.futures.Future[LoadResult]] = []
+        for request in requests:
+            slots.acquire()
             if failed.is_set():
-                for future in futures:
-                    future.cancel()
-            # A cancelled load raises `Cancelled` because `failed` is set; report the real cause.
-            errors = [e for f in futures if not f.cancelled() and (e := f.exception()) is not None]
-            causes = [e for e in errors if not isinstance(e, Cancelled)] or errors
-            if causes:
-                raise causes[0]
-            return [f.result() for f in futures]
+                slots.release()
+                break
+            future = self._pool.submit(load, request)
+            future.add_done_callback(lambda _: slots.release())
+            futures.append(future)
+        concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+        if failed.is_set():
+            for future in futures:
+                future.cancel()
+            # Loads already running see `failed` and give up within their poll interval.
+            concurrent.futures.wait(futures)
+        # A load that gave up raises `Cancelled` because `failed` is set; report the real cause.
+        errors = [e for f in futures if not f.cancelled() and (e := f.exception()) is not None]
+        causes = [e for e in errors if not isinstance(e, Cancelled)] or errors
+        if causes:
+            raise causes[0]
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 # -- the graph ------------------------------------------------------------------------------------
@@ -332,7 +351,12 @@ def _mounts(graph: _Graph, loaded: dict[PackageId, LoadResult]) -> tuple[list[Tr
                 mapping.mount_path, str(mapping.package), stored.hash.hex, mapping.volume, source
             )
         )
-        total += _bytes_under(volume, source)
+        key = f"tree.bytes:{mapping.volume}:{source}"
+        size: int | None = stored.memo.get(key)
+        if size is None:
+            # A walk of the volume's tree, once per package (it is immutable).
+            size = stored.memo[key] = _bytes_under(volume, source)
+        total += size
     return mounts, total
 
 
