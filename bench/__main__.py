@@ -28,6 +28,7 @@ BENCHMARKS = [
     "many_entries",
     "first_byte",
     "formats_open",
+    "tree_load",
 ]
 
 
