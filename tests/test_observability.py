@@ -46,7 +46,11 @@ def test_metrics_count_loads_bytes_downloads_and_latency(
     assert values["pkgloader_download_bytes_total"] == DASH.size
     assert values['pkgloader_downloads_total{outcome="ok"}'] == 1
     assert values['pkgloader_rpc_duration_seconds_count{code="OK",method="Load"}'] == 2
-    assert values["pkgloader_memory_cache_bytes"] == DASH.size
+    # What the entry holds: its bytes, its parse and its memoized metadata (not the file size).
+    charged = server.app.loader.memory.charge_of(DASH.sha256)
+    assert charged is not None
+    assert charged > DASH.size
+    assert values["pkgloader_memory_cache_bytes"] == charged
     assert values["pkgloader_memory_cache_entries"] == 1
     assert values["pkgloader_cache_entries"] == 1
     assert values["pkgloader_cache_bytes"] == DASH.size

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
 import mmap
 import os
+import tracemalloc
 import weakref
 from pathlib import Path
 
@@ -272,3 +274,23 @@ def test_a_file_truncated_before_the_parse_is_a_format_error(tmp_path: Path) -> 
     with pytest.raises(formats.ContentChanged):
         open_package(source)
     source.close()
+
+
+@pytest.mark.parametrize("path", [COWSAY, DASH, HELLO, WEBSERVER], ids=lambda p: p.name[:12])
+def test_retained_bytes_matches_what_the_parse_allocates(path: Path) -> None:
+    """Container.retained_bytes (what the memory tier charges besides the package bytes) is
+    within 0.8x-1.5x of what tracemalloc sees a parse keep allocated."""
+    data = path.read_bytes()
+    open_package(data).close()  # first-use caches (imports, compiled patterns) out of the way
+    gc.collect()
+    tracemalloc.start()
+    try:
+        container = open_package(data)
+        gc.collect()
+        traced, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert 0.8 * traced <= container.retained_bytes <= 1.5 * traced, (
+        container.retained_bytes,
+        traced,
+    )

@@ -126,9 +126,15 @@ class ProcStats:
     fds: int
     threads: int
     maps: tuple[str, ...]  # file-backed mappings (paths)
+    files: tuple[str, ...] = ()  # files open by descriptor (paths)
 
     def mapped(self, folder: Path) -> list[str]:
         return [m for m in self.maps if m.startswith(str(folder))]
+
+    def held(self, folder: Path) -> list[str]:
+        """Files of `folder` the process holds: mapped, or open (cache files are read with
+        pread through a descriptor, not mapped)."""
+        return self.mapped(folder) + [f for f in self.files if f.startswith(str(folder))]
 
 
 def proc_stats(pid: int) -> ProcStats:
@@ -140,13 +146,22 @@ def proc_stats(pid: int) -> ProcStats:
 
     found = re.search(r"^Threads:\s+(\d+)", status, re.MULTILINE)
     threads = int(found.group(1)) if found else 0
-    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    names = os.listdir(f"/proc/{pid}/fd")
+    fds = len(names)
+    files = []
+    for name in names:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("/"):
+            files.append(target)
     maps = []
     for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
         parts = line.split(maxsplit=5)
         if len(parts) == 6 and parts[5].startswith("/"):
             maps.append(parts[5])
-    return ProcStats(kib("VmRSS"), kib("VmHWM"), fds, threads, tuple(maps))
+    return ProcStats(kib("VmRSS"), kib("VmHWM"), fds, threads, tuple(maps), tuple(files))
 
 
 def reset_peak_rss(pid: int) -> None:

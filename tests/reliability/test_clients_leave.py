@@ -48,7 +48,7 @@ def settled(server: Served, base: ProcStats, cache: Path) -> Callable[[], bool]:
         return (
             now.threads <= base.threads + SLACK
             and now.fds <= base.fds + SLACK
-            and len(now.mapped(cache)) <= len(base.mapped(cache))
+            and len(now.held(cache)) <= len(base.held(cache))
         )
 
     return check
@@ -78,18 +78,19 @@ MANIFEST = b'[package]\nname = "test/big"\nversion = "1.0.0"\n'
 
 
 def test_cancelled_streams_free_threads_fds_and_mappings(served, tmp_path: Path) -> None:
-    """20 Loads cancelled mid-stream: threads, fds and mappings of the cache return to baseline."""
+    """20 Loads cancelled mid-stream: threads, fds and cache files held (open or mapped) return
+    to baseline."""
     cache, files = tmp_path / "cache", tmp_path / "files"
     files.mkdir()
     url, sha = big_package(files)
-    # No memory tier: every hit is a mapped cache file, visible in /proc/<pid>/maps.
+    # No memory tier: every hit holds a cache file open, visible in /proc/<pid>/fd.
     server = served(memory_cache_bytes=0, workers=8, file_roots=f"{FIXTURES}:{files}")
     warm(server, url, sha)
     base = server.stats()
-    # A stream nobody reads holds its mapping: the check below is able to fail.
+    # A stream nobody reads holds its file: the check below is able to fail.
     held = server.stub.Load(request(url, sha, include_content=True))
     assert next(held).WhichOneof("item") == "package"
-    assert wait_until(lambda: len(server.stats().mapped(cache)) > len(base.mapped(cache)), 10)
+    assert wait_until(lambda: len(server.stats().held(cache)) > len(base.held(cache)), 10)
     held.cancel()
     for _ in range(REPEATS):
         stream = server.stub.Load(request(url, sha, include_content=True))
