@@ -30,6 +30,7 @@ BENCHMARKS = [
     "formats_open",
     "resolve",
     "atom_stream",
+    "tree_load",
 ]
 
 

@@ -36,6 +36,7 @@ from pkgloader_client._errors import (
     InvalidArgument,
     InvalidPackage,
     InvalidSpecifier,
+    InvalidTree,
     NoDiskCache,
     NoMatchingVersion,
     NotFound,
@@ -78,6 +79,7 @@ from pkgloader_client._models import (
     Manifest,
     MismatchedFile,
     Package,
+    PackageTree,
     Resolution,
     ResolvedCommand,
     ResolvedEdge,
@@ -86,10 +88,14 @@ from pkgloader_client._models import (
     RetainResult,
     ServingStatus,
     Source,
+    TreeCommand,
+    TreeMount,
+    TreePackage,
     ValidationReport,
     Volume,
 )
 from pkgloader_client._sizes import parse_size
+from pkgloader_client._tree import TreeProgress
 from pkgloader_client._version import __version__
 
 __all__ = [
@@ -124,6 +130,7 @@ __all__ = [
     "InvalidFile",
     "InvalidPackage",
     "InvalidSpecifier",
+    "InvalidTree",
     "Listing",
     "Manifest",
     "MismatchedFile",
@@ -136,6 +143,7 @@ __all__ = [
     "PackageNotCached",
     "PackageNotFound",
     "PackageTooLarge",
+    "PackageTree",
     "PathNotFound",
     "PermissionDenied",
     "PkgloaderError",
@@ -154,6 +162,10 @@ __all__ = [
     "ServingStatus",
     "Source",
     "TransferError",
+    "TreeCommand",
+    "TreeMount",
+    "TreePackage",
+    "TreeProgress",
     "Unauthenticated",
     "UnknownPackage",
     "UpstreamRejected",

@@ -42,12 +42,14 @@ from pkgloader_client._models import (
     EvictResult,
     Listing,
     Package,
+    PackageTree,
     Resolution,
     RetainResult,
     ServingStatus,
     ValidationReport,
     entries,
 )
+from pkgloader_client._tree import ResolutionLike, TreeProgress, TreeReceiver, tree_request
 
 # grpc.aio.EOF: what read() returns at the end of a stream (missing from grpc-stubs).
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
@@ -396,3 +398,50 @@ class AsyncPackageLoaderClient:
                 call.cancel()
             raise
         return ContentInfo.from_proto(info)
+    async def load_tree(
+        self,
+        specifier: str | None = None,
+        *,
+        url: str | None = None,
+        sha256: str | None = None,
+        package_id: str | None = None,
+        size: int | None = None,
+        resolution: ResolutionLike | None = None,
+        include_atoms: bool = False,
+        atoms_dir: PathLike | None = None,
+        hash_validation: HashValidation | None = None,
+        timeout: float | None = None,
+        progress: TreeProgress | None = None,
+    ) -> PackageTree:
+        """Everything needed to run a package (see `PackageLoaderClient.load_tree`)."""
+        request = tree_request(
+            specifier,
+            url=url,
+            sha256=sha256,
+            package_id=package_id,
+            size=size,
+            resolution=resolution,
+            include_atoms=include_atoms or atoms_dir is not None,
+            hash_validation=hash_validation,
+        )
+        receiver = TreeReceiver(atoms_dir=atoms_dir, progress=progress)
+        call = None
+        try:
+            with _translated():
+                call = self.stub.LoadTree(request, **self._call_args(timeout, self.load_timeout))
+                first = await call.read()
+                receiver.first(None if first is _EOF else first)
+                while (response := await call.read()) is not _EOF:
+                    if atoms_dir is None:
+                        receiver.item(response)
+                    else:
+                        # File I/O off the event loop: a 1 MiB write can block on a slow disk.
+                        await asyncio.to_thread(receiver.item, response)
+            if atoms_dir is None:
+                return receiver.finish(request.include_atoms)
+            return await asyncio.to_thread(receiver.finish, request.include_atoms)
+        except BaseException:
+            receiver.discard()
+            if call is not None:
+                call.cancel()
+            raise

@@ -15,15 +15,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    SpinnerColumn,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.tree import Tree as RichTree
 
 from pkgloader_client._client import PackageLoaderClient
 from pkgloader_client._config import DEFAULT_TARGET
@@ -42,6 +45,7 @@ from pkgloader_client._errors import (
     InvalidArgument,
     InvalidPackage,
     InvalidSpecifier,
+    InvalidTree,
     NoDiskCache,
     NoMatchingVersion,
     NotFound,
@@ -63,7 +67,7 @@ from pkgloader_client._errors import (
     UpstreamUnavailable,
     VolumeNotFound,
 )
-from pkgloader_client._models import EntryKind, Package, ServingStatus
+from pkgloader_client._models import EntryKind, Package, PackageTree, ServingStatus
 from pkgloader_client._sizes import parse_size
 from pkgloader_client._version import __version__
 
@@ -114,6 +118,9 @@ EXIT_CODES: dict[type[PkgloaderError], int] = {
     VolumeNotFound: 4,
     PathNotFound: 4,
     ContentHashMismatch: 5,
+    # LoadTree: a corrupt atom exits as a package whose hash does not match does; a tree that
+    # cannot be assembled has its own status.
+    InvalidTree: 18,
 }
 
 _HEX = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -243,6 +250,35 @@ def parser() -> argparse.ArgumentParser:
     validate = command("validate", "re-hash every cache file (exit 16 when some are damaged)")
     validate.add_argument("--prune", action="store_true", help="delete damaged files")
     validate.add_argument("--deep", action="store_true", help="also parse every package")
+
+    tree = command(
+        "tree", "load everything a package needs to run; print its packages, commands and mounts"
+    )
+    tree.add_argument(
+        "spec",
+        metavar="SPEC",
+        help="namespace/name@requirement, sha256:<hex> or a URL (with --sha256: that package)",
+    )
+    tree.add_argument(
+        "--sha256", type=_sha256, help="SPEC is the URL of a package with this sha256 (hex)"
+    )
+    tree.add_argument(
+        "--resolution",
+        metavar="FILE",
+        help="use this resolution (Resolve's JSON, e.g. from `resolve --json`) as given",
+    )
+    tree.add_argument(
+        "--atoms",
+        metavar="DIR",
+        help="save each atom the commands run into DIR as <sha256>.wasm (verified)",
+    )
+    tree.add_argument("--hash-validation", choices=["none", "warn", "fail"])
+    tree.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress while the tree loads (default: when stderr is a terminal)",
+    )
 
     resolve = command("resolve", "resolve a package and its dependencies (no download)")
     resolve.add_argument(
@@ -495,6 +531,83 @@ def _health(client: PackageLoaderClient, args: argparse.Namespace, out: _Output)
     return OK if status is ServingStatus.SERVING else NOT_SERVING
 
 
+def _tree(client: PackageLoaderClient, args: argparse.Namespace, out: _Output) -> int:
+    resolution = None
+    if args.resolution:
+        with open(args.resolution, encoding="utf-8") as file:
+            data = json.load(file)
+        # `resolve --json` and grpcurl's ResolveResponse hold it under "resolution".
+        resolution = data.get("resolution", data) if isinstance(data, dict) else data
+        if not isinstance(resolution, dict):
+            raise ValueError(f"{args.resolution}: not a JSON object")
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    console = Console(stderr=True, force_terminal=True if args.progress else None)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not show,
+        transient=False,
+    ) as bar:
+        # Until the tree arrives the server is resolving and downloading: no total is known.
+        task = bar.add_task(f"loading {args.spec}", total=None)
+
+        def progress(received: int, total: int) -> None:
+            if received == 0:
+                description = "atoms" if args.atoms else "loaded"
+                bar.update(task, description=description, total=total or None)
+            bar.update(task, completed=received)
+
+        tree = client.load_tree(
+            None if args.sha256 else args.spec,
+            url=args.spec if args.sha256 else None,
+            sha256=args.sha256,
+            resolution=resolution,
+            atoms_dir=args.atoms,
+            hash_validation=args.hash_validation,
+            timeout=args.timeout,
+            progress=progress,
+        )
+        if not args.atoms:
+            bar.update(task, total=1, completed=1)
+    if out.as_json:
+        out.json(tree.to_dict())
+        return OK
+    out.console.print(_tree_view(tree))
+    return OK
+
+
+def _tree_view(tree: PackageTree) -> RichTree:
+    """The tree as people read it: packages, then commands (what runs), then mounts."""
+    view = RichTree(f"[bold]{escape(tree.id)}[/bold]")
+    sizes = {p.id: p for p in tree.packages}
+    packages = view.add("[bold]packages[/bold]")
+    for p in tree.packages:
+        packages.add(f"{escape(p.id)}  {_human(p.size)}  {p.source.value}  [dim]{p.sha256}[/dim]")
+    commands = view.add(f"[bold]commands[/bold] ({len(tree.commands)})")
+    for c in tree.commands:
+        marks = " [green](entrypoint)[/green]" if c.name == tree.entrypoint else ""
+        where = c.package if c.package == c.declared_in else f"{c.package} (from {c.declared_in})"
+        node = commands.add(
+            f"{escape(c.name)}{marks} → {escape(where)}: atom {escape(c.atom_name)}"
+        )
+        node.add(f"[dim]{c.atom_sha256}  {_human(c.atom_size)}  {escape(c.runner)}[/dim]")
+    mounts = view.add(f"[bold]mounts[/bold] ({_human(tree.file_system_bytes)})")
+    for m in tree.mounts:
+        source = f"{m.volume}:{m.original_path}" if m.original_path != "/" else m.volume
+        known = "" if m.package in sizes else " [red](not loaded)[/red]"
+        mounts.add(f"{escape(m.mount_path)} ← {escape(m.package)} {escape(source)}{known}")
+    for sha, path in tree.atom_files.items():
+        view.add(f"saved {sha[:16]}… to {escape(path)}")
+    for warning in tree.warnings:
+        view.add(f"[yellow]warning[/yellow]: {escape(warning)}")
+    return view
+
+
 def _resolve(client: PackageLoaderClient, args: argparse.Namespace, out: _Output) -> int:
     resolution = client.resolve(args.specifier, timeout=args.timeout)
     if out.as_json:
@@ -613,6 +726,7 @@ _COMMANDS: dict[str, Callable[[PackageLoaderClient, argparse.Namespace, _Output]
     "evict": _evict,
     "validate": _validate,
     "health": _health,
+    "tree": _tree,
     "resolve": _resolve,
     "atom": _atom,
     "cat": _cat,

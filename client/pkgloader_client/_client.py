@@ -42,12 +42,14 @@ from pkgloader_client._models import (
     EvictResult,
     Listing,
     Package,
+    PackageTree,
     Resolution,
     RetainResult,
     ServingStatus,
     ValidationReport,
     entries,
 )
+from pkgloader_client._tree import ResolutionLike, TreeProgress, TreeReceiver, tree_request
 
 #: Called with (bytes received, package size) once the metadata arrives and after every chunk.
 Progress = Callable[[int, int], None]
@@ -411,6 +413,55 @@ class PackageLoaderClient:
                 call.cancel()  # a no-op once the call ended
             raise
         return ContentInfo.from_proto(info)
+
+    def load_tree(
+        self,
+        specifier: str | None = None,
+        *,
+        url: str | None = None,
+        sha256: str | None = None,
+        package_id: str | None = None,
+        size: int | None = None,
+        resolution: ResolutionLike | None = None,
+        include_atoms: bool = False,
+        atoms_dir: PathLike | None = None,
+        hash_validation: HashValidation | None = None,
+        timeout: float | None = None,
+        progress: TreeProgress | None = None,
+    ) -> PackageTree:
+        """Everything needed to run a package (LoadTree): its commands, the atom each runs, its
+        mounts. The root is a `specifier`, or a package's `url` and `sha256`; `resolution` (a
+        `Resolve` answer, as a message or its JSON dict) is used instead of resolving.
+
+        With `include_atoms` the atoms come in `PackageTree.atoms` (in memory); with `atoms_dir`
+        too, each is saved there as `<sha256>.wasm`, atomically and verified, and listed in
+        `PackageTree.atom_files`.
+        """
+        request = tree_request(
+            specifier,
+            url=url,
+            sha256=sha256,
+            package_id=package_id,
+            size=size,
+            resolution=resolution,
+            include_atoms=include_atoms or atoms_dir is not None,
+            hash_validation=hash_validation,
+        )
+        receiver = TreeReceiver(atoms_dir=atoms_dir, progress=progress)
+        call = None
+        try:
+            with _translated():
+                call = self.stub.LoadTree(request, **self._call_args(timeout, self.load_timeout))
+                responses = iter(call)
+                receiver.first(next(responses, None))
+                for response in responses:
+                    receiver.item(response)
+            return receiver.finish(request.include_atoms)
+        except BaseException:
+            receiver.discard()
+            if call is not None:
+                call.cancel()  # type: ignore[no-untyped-call]  # a no-op once the call ended
+            raise
 
 
 def _sink(target: PathLike | BinaryIO) -> ContentSink | AtomicFile:

@@ -36,6 +36,7 @@
     │   ├── DuplicateVersions          DUPLICATE_VERSIONS
     │   ├── RegistryUnavailable        REGISTRY_UNAVAILABLE: down, nothing cached; retryable
     │   └── RegistryRejected           REGISTRY_REJECTED
+    ├── InvalidTree                    INVALID_TREE: a resolved tree cannot be assembled (LoadTree)
     └── TransferError                  what arrived does not match the package's size or sha256
 
 Errors of the service carry a `google.rpc.ErrorInfo` (domain `pkgloader.wasmer.io`) whose reason
@@ -245,6 +246,13 @@ class TransferError(PkgloaderError):
     default_reason = ""
 
 
+class InvalidTree(PkgloaderError):
+    """The packages of a resolution do not make a runnable tree (LoadTree): a missing dependency,
+    a shadowed command, a missing atom or volume, webc v2 and v3 packages mixed in the mounts."""
+
+    default_reason = "INVALID_TREE"
+
+
 class ResolveError(PkgloaderError):
     """A specifier could not be resolved into a dependency graph."""
 
@@ -340,6 +348,7 @@ REASONS: dict[str, type[PkgloaderError]] = {
     "DUPLICATE_VERSIONS": DuplicateVersions,
     "REGISTRY_UNAVAILABLE": RegistryUnavailable,
     "REGISTRY_REJECTED": RegistryRejected,
+    "INVALID_TREE": InvalidTree,
 }
 
 #: Status code → class, for errors without a pkgloader ErrorInfo (grpc itself, proxies, gateways).

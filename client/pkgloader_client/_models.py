@@ -443,3 +443,104 @@ class Listing(_Data):
             truncated=r.truncated,
             total_entries=r.total_entries,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeCommand(_Data):
+    """A command of a tree: the package that declares it and the atom (in which package) it runs."""
+
+    name: str
+    declared_in: str
+    package: str
+    package_sha256: str
+    atom_name: str
+    atom_sha256: str
+    atom_size: int
+    runner: str
+    annotations: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeMount(_Data):
+    """A volume of a package, mounted at `mount_path` of the tree's filesystem."""
+
+    mount_path: str
+    package: str
+    package_sha256: str
+    volume: str
+    original_path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TreePackage(_Data):
+    """A package loaded for a tree, and where the server found it."""
+
+    id: str
+    sha256: str
+    source: Source
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PackageTree(_Data):
+    """What LoadTree returns: everything needed to run a package.
+
+    With `include_atoms`, `atoms` maps each atom's sha256 to its bytes (or, when they were saved
+    to a folder, `atom_files` maps it to the file's path).
+    """
+
+    id: str
+    package_ids: tuple[str, ...]
+    entrypoint: str | None
+    commands: tuple[TreeCommand, ...]
+    mounts: tuple[TreeMount, ...]
+    packages: tuple[TreePackage, ...]
+    file_system_bytes: int
+    warnings: tuple[str, ...]
+    atom_files: dict[str, str] = dataclasses.field(default_factory=dict)
+    atoms: dict[str, bytes] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def atom_bytes(self) -> int:
+        """The total size of the distinct atoms the commands run."""
+        return sum({c.atom_sha256: c.atom_size for c in self.commands}.values())
+
+    @classmethod
+    def from_proto(
+        cls,
+        p: pb.BinaryPackage,
+        *,
+        atoms: dict[str, bytes] | None = None,
+        atom_files: dict[str, str] | None = None,
+    ) -> PackageTree:
+        return cls(
+            id=p.id,
+            package_ids=tuple(p.package_ids),
+            entrypoint=p.entrypoint if p.HasField("entrypoint") else None,
+            commands=tuple(
+                TreeCommand(
+                    name=c.name,
+                    declared_in=c.declared_in,
+                    package=c.package,
+                    package_sha256=c.package_sha256,
+                    atom_name=c.atom_name,
+                    atom_sha256=c.atom_sha256,
+                    atom_size=c.atom_size,
+                    runner=c.runner,
+                    annotations=_struct(c.annotations),
+                )
+                for c in p.commands
+            ),
+            mounts=tuple(
+                TreeMount(m.mount_path, m.package, m.package_sha256, m.volume, m.original_path)
+                for m in p.mounts
+            ),
+            packages=tuple(
+                TreePackage(t.id, t.webc_sha256, _SOURCES.get(t.source, Source.UNSPECIFIED), t.size)
+                for t in p.packages
+            ),
+            file_system_bytes=p.file_system_bytes,
+            warnings=tuple(p.warnings),
+            atom_files=dict(atom_files or {}),
+            atoms=dict(atoms or {}),
+        )

@@ -42,6 +42,7 @@ from pkgloader.rpc.interceptors import CallInterceptor, CallLimits
 from pkgloader.rpc.reflection import CommentedReflection, commented_files
 from pkgloader.rpc.servicer import PackageLoaderServicer, add_to_server
 from pkgloader.settings import Settings
+from pkgloader.tree import TreeLoader
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class App:
     )
     _scratch: tempfile.TemporaryDirectory[str] | None = None
     resolver: Resolver | None = None
+    #: LoadTree's core: composes the loader and the resolver; its thread pool is closed with us.
+    trees: TreeLoader | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     #: the servers' thread pools (`create_server`), shut down with the app
     _pools: list[futures.ThreadPoolExecutor] = field(default_factory=list)
@@ -105,6 +108,8 @@ class App:
         for pool in self._pools:
             pool.shutdown(wait=False)
         self.metrics.close()
+        if self.trees is not None:
+            self.trees.close()
         self.loader.close()
         self.http.close()
         if self._scratch is not None:
@@ -166,6 +171,7 @@ def build(settings: Settings) -> App:
     loader.events = metrics
     app = App(settings, loader, CacheMaintenance(disk, memory), http, metrics, _scratch=scratch)
     app.resolver = build_resolver(settings, loader, http, fetchers.http, policy)
+    app.trees = TreeLoader(loader, app.resolver)
     return app
 
 
@@ -229,7 +235,11 @@ def create_server(app: App, address: str | None = None) -> tuple[grpc.Server, in
     )
     add_to_server(
         PackageLoaderServicer(
-            app.loader, app.maintenance, settings.call_timeout, resolver=app.resolver
+            app.loader,
+            app.maintenance,
+            settings.call_timeout,
+            resolver=app.resolver,
+            trees=app.trees,
         ),
         server,
     )

@@ -27,6 +27,7 @@
     │   ├── VolumeNotFound           no such volume in the package
     │   └── PathNotFound             no such file or directory in the volume
     ├── InvalidPackage               the bytes are not a package that parses
+    ├── InvalidTree                  a resolved tree cannot be assembled (LoadTree)
     ├── CacheFileChanged             a cached file was truncated or replaced while being read
     ├── Cancelled                    the caller went away (nobody reads it; logged only)
     │   └── SendStalled              the client stopped reading; the server cancelled the call
@@ -203,6 +204,13 @@ class PathNotFound(NotFound):
 
 class InvalidPackage(PkgloaderError):
     reason = "INVALID_PACKAGE"
+
+
+class InvalidTree(PkgloaderError):
+    """The packages of a resolution do not make a runnable tree; the message is the reference's
+    (`load_package_tree`) words."""
+
+    reason = "INVALID_TREE"
 
 
 class CacheFileChanged(PkgloaderError):

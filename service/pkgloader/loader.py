@@ -218,6 +218,8 @@ class PackageLoader:
         self._flights: dict[tuple[str, str], _Flight] = {}
         self._promotions: dict[str, concurrent.futures.Future[StoredPackage | None]] = {}
         self._lock = threading.Lock()
+        # Notified whenever a download ends, for callers that wait for room in the queue.
+        self._room = threading.Condition(self._lock)
         # Without a disk cache, downloads still stream to a file (never whole into memory),
         # an unlinked one in a private folder.
         self._scratch = scratch_dir or Path(tempfile.gettempdir())
@@ -242,8 +244,14 @@ class PackageLoader:
         *,
         alive: Callable[[], bool] | None = None,
         timeout: float | None = None,
+        wait_for_room: bool = False,
     ) -> LoadResult:
-        """Return the package `request` names; raise a `PkgloaderError` otherwise."""
+        """Return the package `request` names; raise a `PkgloaderError` otherwise.
+
+        When the download queue is full a Load fails with `ResourceExhausted`, unless
+        `wait_for_room` is set: then it waits (as long as `alive` and `timeout` allow) for a
+        download to end. LoadTree sets it, so a large tree waits rather than failing.
+        """
         expected = WebcHash.parse(request.sha256)
         url = parse_url(request.url)  # memoized: a warm Load should cost microseconds
         if url.scheme == "file":
@@ -266,7 +274,10 @@ class PackageLoader:
         if from_disk is not None:
             return LoadResult(from_disk, Source.DISK)
 
-        download = self._await(self._flight(expected, str(url)), alive, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        flight = self._flight(expected, str(url), alive if wait_for_room else None, deadline)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        download = self._await(flight, alive, remaining if wait_for_room else timeout)
         warnings: list[str] = []
         if download.actual != expected.hex:
             self.events.hash_mismatch()
@@ -349,14 +360,33 @@ class PackageLoader:
 
     # -- single flight ------------------------------------------------------------------------
 
-    def _flight(self, h: WebcHash, url: str) -> _Flight:
-        """The flight for (h, url), joined: the caller counts as its waiter until `_await`."""
+    def _flight(
+        self,
+        h: WebcHash,
+        url: str,
+        wait: Callable[[], bool] | None = None,
+        deadline: float | None = None,
+    ) -> _Flight:
+        """The flight for (h, url), joined: the caller counts as its waiter until `_await`.
+        With `wait` (the caller's `alive`), a full queue is waited on until `deadline` instead
+        of refused."""
         key = (h.hex, url)
         with self._lock:
-            flight = self._flights.get(key)
-            if flight is not None:
-                flight.waiters += 1
-                return flight
+            while True:
+                flight = self._flights.get(key)
+                if flight is not None:
+                    flight.waiters += 1
+                    return flight
+                if len(self._flights) < self._max_flights or wait is None:
+                    break
+                if not wait():
+                    raise Cancelled("the caller went away")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise DeadlineExceeded(
+                        "the download queue had no room before the call's deadline"
+                    )
+                # Slices of 0.25 s, as in `_await`: the caller's liveness is polled, not signalled.
+                self._room.wait(0.25)
             if len(self._flights) >= self._max_flights:
                 raise ResourceExhausted(
                     f"too many downloads in progress ({len(self._flights)}); try again later",
@@ -379,6 +409,7 @@ class PackageLoader:
             with self._lock:
                 if self._flights.get(flight.key) is flight:
                     del self._flights[flight.key]
+                    self._room.notify_all()
 
     def _abandoned(self, flight: _Flight) -> bool:
         """True once nobody has waited for `flight` for `abandon_grace` s. Then the flight is
@@ -389,6 +420,7 @@ class PackageLoader:
                 return False
             if self._flights.get(flight.key) is flight:
                 del self._flights[flight.key]
+                self._room.notify_all()
             return True
 
     def _check_wanted(self, flight: _Flight | None) -> None:
@@ -573,6 +605,7 @@ class PackageLoader:
             with self._lock:
                 if self._flights.get(flight.key) is flight:
                     del self._flights[flight.key]
+                    self._room.notify_all()
 
     def _download_unnamed(self, url: str, flight: _Flight) -> _Download:
         self._check_wanted(flight)

@@ -74,6 +74,7 @@ EXPECTED = {
     "ATOM_NOT_FOUND": pkgloader_client.AtomNotFound,
     "VOLUME_NOT_FOUND": pkgloader_client.VolumeNotFound,
     "PATH_NOT_FOUND": pkgloader_client.PathNotFound,
+    "INVALID_TREE": pkgloader_client.InvalidTree,
     "CACHE_FILE_CHANGED": pkgloader_client.ServiceUnavailable,
 }
 
@@ -117,6 +118,7 @@ def test_all_is_pinned() -> None:
         "InvalidPackage",
         "InvalidSpecifier",
         "Listing",
+        "InvalidTree",
         "Manifest",
         "MismatchedFile",
         "NoDiskCache",
@@ -129,6 +131,7 @@ def test_all_is_pinned() -> None:
         "PackageNotFound",
         "PackageTooLarge",
         "PathNotFound",
+        "PackageTree",
         "PermissionDenied",
         "PkgloaderError",
         "Progress",
@@ -146,6 +149,10 @@ def test_all_is_pinned() -> None:
         "ServingStatus",
         "Source",
         "TransferError",
+        "TreeCommand",
+        "TreeMount",
+        "TreePackage",
+        "TreeProgress",
         "Unauthenticated",
         "UnknownPackage",
         "UpstreamRejected",
@@ -228,7 +235,7 @@ def _client_error_classes() -> list[type[pkgloader_client.PkgloaderError]]:
 def test_every_client_error_class_is_exported_and_has_an_exit_code() -> None:
     """Each class of the tree is public and has its own row in the CLI's exit-code table."""
     classes = _client_error_classes()
-    assert len(set(classes)) == 34
+    assert len(set(classes)) == 35
     assert all(cls.__name__ in pkgloader_client.__all__ for cls in classes)
     assert set(classes) == set(_cli.EXIT_CODES)
 

@@ -32,6 +32,7 @@ from pkgloader.resolve import (
     ResolvedCommand,
     Resolves,
 )
+from pkgloader.tree import PackageTree, TreeLoader, TreeRoot, atom_chunks
 
 CHUNK = 1024 * 1024  # the contract: content chunks of at most 1 MiB
 SCAN_BATCH = 1000
@@ -61,11 +62,13 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
         maintenance: CacheMaintenance,
         call_timeout: float = 900.0,
         resolver: Resolves | None = None,
+        trees: TreeLoader | None = None,
     ) -> None:
         self._loader = loader
         self._maintenance = maintenance
         self._call_timeout = call_timeout
         self._resolver = resolver
+        self._trees = trees or TreeLoader(loader, resolver)
 
     def Load(self, request: pb.LoadRequest, context: grpc.ServicerContext) -> Iterator[Any]:
         dist = request.summary.dist
@@ -190,6 +193,44 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
         return pb.ResolveResponse(
             resolution=resolution_to_proto(resolved.resolution), warnings=resolved.warnings
         )
+
+    def LoadTree(
+        self, request: pb.LoadTreeRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.LoadTreeResponse]:
+        log = _log_fields(context)
+        if request.WhichOneof("root") == "summary":
+            summary = request.summary
+            dist = summary.dist
+            root = TreeRoot(
+                url=dist.webc_url,
+                sha256=WebcHash.parse(dist.webc_sha256).hex,
+                package_id=summary.package_id,
+                size=dist.webc_size if dist.HasField("webc_size") else None,
+            )
+        else:
+            root = TreeRoot(specifier=request.specifier)
+        log.update(specifier=(root.specifier or root.package_id)[:200], sha256=root.sha256)
+        resolution = None
+        if request.HasField("resolution"):
+            resolution = resolution_from_proto(request.resolution)
+        tree = self._trees.load_tree(
+            root,
+            resolution,
+            policy=_enum(_POLICIES, request.hash_validation, "hash_validation"),
+            alive=context.is_active,
+            timeout=_timeout(context, self._call_timeout),
+        )
+        log.update(packages=len(tree.packages))
+        yield pb.LoadTreeResponse(package=_binary_package(tree))
+        if request.include_atoms:
+            sent = 0
+            for atom in tree.atoms:
+                for offset, data in atom_chunks(atom, CHUNK):
+                    yield pb.LoadTreeResponse(
+                        atom=pb.AtomChunk(atom_sha256=atom.sha256, offset=offset, data=data)
+                    )
+                    sent += len(data)
+            log["sent_bytes"] = sent
 
     def _entry(self, entry: Entry) -> pb.CacheEntry:
         stamp = timestamp_pb2.Timestamp()
@@ -538,3 +579,48 @@ def resolution_from_proto(message: pb.Resolution) -> Resolution:
     )
     resolution.validate()
     return resolution
+
+
+# -- LoadTree -------------------------------------------------------------------------------------
+
+
+def _binary_package(tree: PackageTree) -> pb.BinaryPackage:
+    message = pb.BinaryPackage(
+        id=tree.id,
+        package_ids=tree.package_ids,
+        commands=[
+            pb.TreeCommand(
+                name=c.name,
+                declared_in=c.declared_in,
+                package=c.package,
+                package_sha256=c.package_sha256,
+                atom_name=c.atom_name,
+                atom_sha256=c.atom_sha256,
+                atom_size=c.atom_size,
+                runner=c.runner,
+                annotations=_struct(c.annotations),
+            )
+            for c in tree.commands
+        ],
+        mounts=[
+            pb.TreeMount(
+                mount_path=m.mount_path,
+                package=m.package,
+                package_sha256=m.package_sha256,
+                volume=m.volume,
+                original_path=m.original_path,
+            )
+            for m in tree.mounts
+        ],
+        packages=[
+            pb.TreePackage(
+                id=p.id, webc_sha256=p.webc_sha256, source=_SOURCES[p.source], size=p.size
+            )
+            for p in tree.packages
+        ],
+        file_system_bytes=tree.file_system_bytes,
+        warnings=tree.warnings,
+    )
+    if tree.entrypoint is not None:
+        message.entrypoint = tree.entrypoint
+    return message

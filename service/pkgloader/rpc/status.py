@@ -45,6 +45,7 @@ CODES: dict[type[errors.PkgloaderError], grpc.StatusCode] = {
     errors.VolumeNotFound: grpc.StatusCode.NOT_FOUND,
     errors.PathNotFound: grpc.StatusCode.NOT_FOUND,
     errors.InvalidPackage: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.InvalidTree: grpc.StatusCode.FAILED_PRECONDITION,
     # A conflict with a concurrent change, not the caller's fault: retrying reads afresh.
     errors.CacheFileChanged: grpc.StatusCode.ABORTED,
     errors.Cancelled: grpc.StatusCode.CANCELLED,

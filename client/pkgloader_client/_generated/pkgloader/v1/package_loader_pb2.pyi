@@ -1467,3 +1467,321 @@ class ResolvedMount(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResolvedMount: _TypeAlias = ResolvedMount  # noqa: Y015
+
+@_typing.final
+class LoadTreeRequest(_message.Message):
+    """LoadTree request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPECIFIER_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    INCLUDE_ATOMS_FIELD_NUMBER: _builtins.int
+    HASH_VALIDATION_FIELD_NUMBER: _builtins.int
+    specifier: _builtins.str
+    """What Resolve accepts: "namespace/name@<requirement>", a URL, or "sha256:<hex>"."""
+    include_atoms: _builtins.bool
+    """Stream each atom a command runs after the package item."""
+    hash_validation: Global___HashValidation.ValueType
+    """How to treat a downloaded package of the tree whose hash differs from its webc_sha256."""
+    @_builtins.property
+    def summary(self) -> Global___PackageSummary:
+        """A package the caller can name exactly; with a `resolution`, it is the resolution's root
+        (the two must agree on webc_sha256).
+        """
+
+    @_builtins.property
+    def resolution(self) -> Global___Resolution:
+        """A resolution the caller made (for example a Resolve response, sent back as it is): checked
+        (every package an edge, command or mount names must be one of its nodes, else
+        INVALID_ARGUMENT) and used as given instead of resolving the root.
+        """
+
+    def __init__(
+        self,
+        *,
+        specifier: _builtins.str = ...,
+        summary: Global___PackageSummary | None = ...,
+        resolution: Global___Resolution | None = ...,
+        include_atoms: _builtins.bool = ...,
+        hash_validation: Global___HashValidation.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_resolution", b"_resolution", "resolution", b"resolution", "root", b"root", "specifier", b"specifier", "summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resolution", b"_resolution", "hash_validation", b"hash_validation", "include_atoms", b"include_atoms", "resolution", b"resolution", "root", b"root", "specifier", b"specifier", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__resolution: _TypeAlias = _typing.Literal["resolution"]  # noqa: Y015
+    _WhichOneofArgType__resolution: _TypeAlias = _typing.Literal["_resolution", b"_resolution"]  # noqa: Y015
+    _WhichOneofReturnType_root: _TypeAlias = _typing.Literal["specifier", "summary"]  # noqa: Y015
+    _WhichOneofArgType_root: _TypeAlias = _typing.Literal["root", b"root"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__resolution) -> _WhichOneofReturnType__resolution | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_root) -> _WhichOneofReturnType_root | None: ...
+
+Global___LoadTreeRequest: _TypeAlias = LoadTreeRequest  # noqa: Y015
+
+@_typing.final
+class LoadTreeResponse(_message.Message):
+    """One item of a LoadTree stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PACKAGE_FIELD_NUMBER: _builtins.int
+    ATOM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def package(self) -> Global___BinaryPackage:
+        """The first item: the assembled tree."""
+
+    @_builtins.property
+    def atom(self) -> Global___AtomChunk:
+        """The following items (only with include_atoms): each distinct atom once, as consecutive
+        slices of at most 1 MiB, in the order of `package.commands`.
+        """
+
+    def __init__(
+        self,
+        *,
+        package: Global___BinaryPackage | None = ...,
+        atom: Global___AtomChunk | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["atom", b"atom", "item", b"item", "package", b"package"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["atom", b"atom", "item", b"item", "package", b"package"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["package", "atom"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___LoadTreeResponse: _TypeAlias = LoadTreeResponse  # noqa: Y015
+
+@_typing.final
+class BinaryPackage(_message.Message):
+    """Everything needed to run a package: its commands (with the atom each runs) and its filesystem."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PACKAGE_IDS_FIELD_NUMBER: _builtins.int
+    ENTRYPOINT_FIELD_NUMBER: _builtins.int
+    COMMANDS_FIELD_NUMBER: _builtins.int
+    MOUNTS_FIELD_NUMBER: _builtins.int
+    PACKAGES_FIELD_NUMBER: _builtins.int
+    FILE_SYSTEM_BYTES_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The id of the root package."""
+    entrypoint: _builtins.str
+    """The command run by default, when there is one."""
+    file_system_bytes: _builtins.int
+    """The total size of the files the mounts make visible, in bytes."""
+    @_builtins.property
+    def package_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every package loaded for the tree: the root first, then the packages that declare a command
+        or hold a mounted volume.
+        """
+
+    @_builtins.property
+    def commands(self) -> _containers.RepeatedCompositeFieldContainer[Global___TreeCommand]:
+        """The runnable commands, in the resolution's order. A command whose runner is neither WASI nor
+        WCGI and whose annotations name no atom is skipped, with a warning.
+        """
+
+    @_builtins.property
+    def mounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___TreeMount]:
+        """The filesystem: which volume of which package appears where."""
+
+    @_builtins.property
+    def packages(self) -> _containers.RepeatedCompositeFieldContainer[Global___TreePackage]:
+        """The packages loaded, and where each was found."""
+
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Non-fatal problems: skipped commands, hash mismatches under HASH_VALIDATION_WARN, resolver
+        warnings.
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        package_ids: _abc.Iterable[_builtins.str] | None = ...,
+        entrypoint: _builtins.str | None = ...,
+        commands: _abc.Iterable[Global___TreeCommand] | None = ...,
+        mounts: _abc.Iterable[Global___TreeMount] | None = ...,
+        packages: _abc.Iterable[Global___TreePackage] | None = ...,
+        file_system_bytes: _builtins.int = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_entrypoint", b"_entrypoint", "entrypoint", b"entrypoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_entrypoint", b"_entrypoint", "commands", b"commands", "entrypoint", b"entrypoint", "file_system_bytes", b"file_system_bytes", "id", b"id", "mounts", b"mounts", "package_ids", b"package_ids", "packages", b"packages", "warnings", b"warnings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__entrypoint: _TypeAlias = _typing.Literal["entrypoint"]  # noqa: Y015
+    _WhichOneofArgType__entrypoint: _TypeAlias = _typing.Literal["_entrypoint", b"_entrypoint"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__entrypoint) -> _WhichOneofReturnType__entrypoint | None: ...
+
+Global___BinaryPackage: _TypeAlias = BinaryPackage  # noqa: Y015
+
+@_typing.final
+class TreeCommand(_message.Message):
+    """A command of a tree and the atom it runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DECLARED_IN_FIELD_NUMBER: _builtins.int
+    PACKAGE_FIELD_NUMBER: _builtins.int
+    PACKAGE_SHA256_FIELD_NUMBER: _builtins.int
+    ATOM_NAME_FIELD_NUMBER: _builtins.int
+    ATOM_SHA256_FIELD_NUMBER: _builtins.int
+    ATOM_SIZE_FIELD_NUMBER: _builtins.int
+    RUNNER_FIELD_NUMBER: _builtins.int
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The name it is run by."""
+    declared_in: _builtins.str
+    """The id of the package that declares the command."""
+    package: _builtins.str
+    """The id of the package that holds the atom it runs (a dependency when the command's atom
+    annotation names one).
+    """
+    package_sha256: _builtins.str
+    """The webc_sha256 of that package, lowercase hex."""
+    atom_name: _builtins.str
+    """The atom's name in that package."""
+    atom_sha256: _builtins.str
+    """The sha256 of the atom's bytes, lowercase hex (checked against the manifest's signature)."""
+    atom_size: _builtins.int
+    """The atom's size in bytes."""
+    runner: _builtins.str
+    """The runner URI (for example https://webc.org/runner/wasi)."""
+    @_builtins.property
+    def annotations(self) -> _struct_pb2.Struct:
+        """The command's annotations, as in its manifest."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        declared_in: _builtins.str = ...,
+        package: _builtins.str = ...,
+        package_sha256: _builtins.str = ...,
+        atom_name: _builtins.str = ...,
+        atom_sha256: _builtins.str = ...,
+        atom_size: _builtins.int = ...,
+        runner: _builtins.str = ...,
+        annotations: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "atom_name", b"atom_name", "atom_sha256", b"atom_sha256", "atom_size", b"atom_size", "declared_in", b"declared_in", "name", b"name", "package", b"package", "package_sha256", b"package_sha256", "runner", b"runner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TreeCommand: _TypeAlias = TreeCommand  # noqa: Y015
+
+@_typing.final
+class TreeMount(_message.Message):
+    """A volume of a package, mounted into the tree's filesystem."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOUNT_PATH_FIELD_NUMBER: _builtins.int
+    PACKAGE_FIELD_NUMBER: _builtins.int
+    PACKAGE_SHA256_FIELD_NUMBER: _builtins.int
+    VOLUME_FIELD_NUMBER: _builtins.int
+    ORIGINAL_PATH_FIELD_NUMBER: _builtins.int
+    mount_path: _builtins.str
+    """Where it is mounted (for example "/" or "/settings")."""
+    package: _builtins.str
+    """The id of the package that holds the volume."""
+    package_sha256: _builtins.str
+    """The webc_sha256 of that package, lowercase hex."""
+    volume: _builtins.str
+    """The volume name as stored (for example "atom" or "/settings"), as ReadFile accepts it."""
+    original_path: _builtins.str
+    """The folder of the volume that appears at mount_path ("/" for webc v3 and tar.gz packages,
+    which always mount a volume's root).
+    """
+    def __init__(
+        self,
+        *,
+        mount_path: _builtins.str = ...,
+        package: _builtins.str = ...,
+        package_sha256: _builtins.str = ...,
+        volume: _builtins.str = ...,
+        original_path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mount_path", b"mount_path", "original_path", b"original_path", "package", b"package", "package_sha256", b"package_sha256", "volume", b"volume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TreeMount: _TypeAlias = TreeMount  # noqa: Y015
+
+@_typing.final
+class TreePackage(_message.Message):
+    """A package loaded for a tree."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    WEBC_SHA256_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Its id."""
+    webc_sha256: _builtins.str
+    """The sha256 of its bytes, lowercase hex."""
+    source: Global___Source.ValueType
+    """Where it was found."""
+    size: _builtins.int
+    """Its size in bytes."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        webc_sha256: _builtins.str = ...,
+        source: Global___Source.ValueType = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "size", b"size", "source", b"source", "webc_sha256", b"webc_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TreePackage: _TypeAlias = TreePackage  # noqa: Y015
+
+@_typing.final
+class AtomChunk(_message.Message):
+    """A slice of an atom."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATOM_SHA256_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    atom_sha256: _builtins.str
+    """The atom's sha256 (a TreeCommand's atom_sha256), lowercase hex."""
+    offset: _builtins.int
+    """Where the slice starts in the atom."""
+    data: _builtins.bytes
+    """The bytes, at most 1 MiB."""
+    def __init__(
+        self,
+        *,
+        atom_sha256: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["atom_sha256", b"atom_sha256", "data", b"data", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AtomChunk: _TypeAlias = AtomChunk  # noqa: Y015

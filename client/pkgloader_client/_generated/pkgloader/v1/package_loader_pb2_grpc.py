@@ -84,6 +84,11 @@ class PackageLoaderServiceStub:
                 request_serializer=pkgloader_dot_v1_dot_package__loader__pb2.ResolveRequest.SerializeToString,
                 response_deserializer=pkgloader_dot_v1_dot_package__loader__pb2.ResolveResponse.FromString,
                 _registered_method=True)
+        self.LoadTree = channel.unary_stream(
+                '/pkgloader.v1.PackageLoaderService/LoadTree',
+                request_serializer=pkgloader_dot_v1_dot_package__loader__pb2.LoadTreeRequest.SerializeToString,
+                response_deserializer=pkgloader_dot_v1_dot_package__loader__pb2.LoadTreeResponse.FromString,
+                _registered_method=True)
 
 
 class PackageLoaderServiceServicer:
@@ -181,6 +186,27 @@ class PackageLoaderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadTree(self, request, context):
+        """Loads everything needed to run a package (wasmer's `load_package_tree`): resolves the root
+        (unless a `resolution` is given), loads every package its commands and mounts need through the
+        same path as Load (memory, disk, single-flight download, hash check), at most 32 at a time and
+        within the server's download limits (a large tree waits for room rather than failing), and
+        works out which atom of which package each command runs and which volumes form the
+        filesystem. The stream starts with exactly one `package` item; with `include_atoms`, each
+        distinct atom follows once, as consecutive `atom` items of at most 1 MiB, checked against its
+        `atom_sha256` (a mismatch is DATA_LOSS, CONTENT_HASH_MISMATCH; the bytes are never sent).
+        A tree that cannot be assembled is FAILED_PRECONDITION with reason INVALID_TREE and the
+        reference's words (a missing dependency, a shadowed command, a missing atom or volume, webc v2
+        and v3 packages mixed in the mounts); a package that fails to load fails the call with Load's
+        status and reason; a `resolution` that names a package it does not list is INVALID_ARGUMENT.
+
+        grpcurl -plaintext -d '{"specifier": "wasmer/hello@^0.1", "include_atoms": true}' \
+        127.0.0.1:50051 pkgloader.v1.PackageLoaderService/LoadTree
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PackageLoaderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -228,6 +254,11 @@ def add_PackageLoaderServiceServicer_to_server(servicer, server):
                     servicer.Resolve,
                     request_deserializer=pkgloader_dot_v1_dot_package__loader__pb2.ResolveRequest.FromString,
                     response_serializer=pkgloader_dot_v1_dot_package__loader__pb2.ResolveResponse.SerializeToString,
+            ),
+            'LoadTree': grpc.unary_stream_rpc_method_handler(
+                    servicer.LoadTree,
+                    request_deserializer=pkgloader_dot_v1_dot_package__loader__pb2.LoadTreeRequest.FromString,
+                    response_serializer=pkgloader_dot_v1_dot_package__loader__pb2.LoadTreeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -478,6 +509,33 @@ class PackageLoaderService:
             '/pkgloader.v1.PackageLoaderService/Resolve',
             pkgloader_dot_v1_dot_package__loader__pb2.ResolveRequest.SerializeToString,
             pkgloader_dot_v1_dot_package__loader__pb2.ResolveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadTree(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pkgloader.v1.PackageLoaderService/LoadTree',
+            pkgloader_dot_v1_dot_package__loader__pb2.LoadTreeRequest.SerializeToString,
+            pkgloader_dot_v1_dot_package__loader__pb2.LoadTreeResponse.FromString,
             options,
             channel_credentials,
             insecure,

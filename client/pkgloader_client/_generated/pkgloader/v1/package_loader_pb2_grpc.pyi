@@ -87,6 +87,23 @@ class PackageLoaderServiceStub:
       grpcurl -plaintext -d '{"specifier": "wasmer/hello@^0.1"}' \\
         127.0.0.1:50051 pkgloader.v1.PackageLoaderService/Resolve
     """
+    LoadTree: _grpc.UnaryStreamMultiCallable[_package_loader_pb2.LoadTreeRequest, _package_loader_pb2.LoadTreeResponse]
+    """Loads everything needed to run a package (wasmer's `load_package_tree`): resolves the root
+    (unless a `resolution` is given), loads every package its commands and mounts need through the
+    same path as Load (memory, disk, single-flight download, hash check), at most 32 at a time and
+    within the server's download limits (a large tree waits for room rather than failing), and
+    works out which atom of which package each command runs and which volumes form the
+    filesystem. The stream starts with exactly one `package` item; with `include_atoms`, each
+    distinct atom follows once, as consecutive `atom` items of at most 1 MiB, checked against its
+    `atom_sha256` (a mismatch is DATA_LOSS, CONTENT_HASH_MISMATCH; the bytes are never sent).
+    A tree that cannot be assembled is FAILED_PRECONDITION with reason INVALID_TREE and the
+    reference's words (a missing dependency, a shadowed command, a missing atom or volume, webc v2
+    and v3 packages mixed in the mounts); a package that fails to load fails the call with Load's
+    status and reason; a `resolution` that names a package it does not list is INVALID_ARGUMENT.
+
+      grpcurl -plaintext -d '{"specifier": "wasmer/hello@^0.1", "include_atoms": true}' \\
+        127.0.0.1:50051 pkgloader.v1.PackageLoaderService/LoadTree
+    """
 
 @_typing.type_check_only
 class PackageLoaderServiceAsyncStub(PackageLoaderServiceStub):
@@ -144,6 +161,23 @@ class PackageLoaderServiceAsyncStub(PackageLoaderServiceStub):
 
       grpcurl -plaintext -d '{"specifier": "wasmer/hello@^0.1"}' \\
         127.0.0.1:50051 pkgloader.v1.PackageLoaderService/Resolve
+    """
+    LoadTree: _aio.UnaryStreamMultiCallable[_package_loader_pb2.LoadTreeRequest, _package_loader_pb2.LoadTreeResponse]  # type: ignore[assignment]
+    """Loads everything needed to run a package (wasmer's `load_package_tree`): resolves the root
+    (unless a `resolution` is given), loads every package its commands and mounts need through the
+    same path as Load (memory, disk, single-flight download, hash check), at most 32 at a time and
+    within the server's download limits (a large tree waits for room rather than failing), and
+    works out which atom of which package each command runs and which volumes form the
+    filesystem. The stream starts with exactly one `package` item; with `include_atoms`, each
+    distinct atom follows once, as consecutive `atom` items of at most 1 MiB, checked against its
+    `atom_sha256` (a mismatch is DATA_LOSS, CONTENT_HASH_MISMATCH; the bytes are never sent).
+    A tree that cannot be assembled is FAILED_PRECONDITION with reason INVALID_TREE and the
+    reference's words (a missing dependency, a shadowed command, a missing atom or volume, webc v2
+    and v3 packages mixed in the mounts); a package that fails to load fails the call with Load's
+    status and reason; a `resolution` that names a package it does not list is INVALID_ARGUMENT.
+
+      grpcurl -plaintext -d '{"specifier": "wasmer/hello@^0.1", "include_atoms": true}' \\
+        127.0.0.1:50051 pkgloader.v1.PackageLoaderService/LoadTree
     """
 
 class PackageLoaderServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -253,6 +287,29 @@ class PackageLoaderServiceServicer(metaclass=_abc_1.ABCMeta):
 
           grpcurl -plaintext -d '{"specifier": "wasmer/hello@^0.1"}' \\
             127.0.0.1:50051 pkgloader.v1.PackageLoaderService/Resolve
+        """
+
+    @_abc_1.abstractmethod
+    def LoadTree(
+        self,
+        request: _package_loader_pb2.LoadTreeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_package_loader_pb2.LoadTreeResponse], _abc.AsyncIterator[_package_loader_pb2.LoadTreeResponse]]:
+        """Loads everything needed to run a package (wasmer's `load_package_tree`): resolves the root
+        (unless a `resolution` is given), loads every package its commands and mounts need through the
+        same path as Load (memory, disk, single-flight download, hash check), at most 32 at a time and
+        within the server's download limits (a large tree waits for room rather than failing), and
+        works out which atom of which package each command runs and which volumes form the
+        filesystem. The stream starts with exactly one `package` item; with `include_atoms`, each
+        distinct atom follows once, as consecutive `atom` items of at most 1 MiB, checked against its
+        `atom_sha256` (a mismatch is DATA_LOSS, CONTENT_HASH_MISMATCH; the bytes are never sent).
+        A tree that cannot be assembled is FAILED_PRECONDITION with reason INVALID_TREE and the
+        reference's words (a missing dependency, a shadowed command, a missing atom or volume, webc v2
+        and v3 packages mixed in the mounts); a package that fails to load fails the call with Load's
+        status and reason; a `resolution` that names a package it does not list is INVALID_ARGUMENT.
+
+          grpcurl -plaintext -d '{"specifier": "wasmer/hello@^0.1", "include_atoms": true}' \\
+            127.0.0.1:50051 pkgloader.v1.PackageLoaderService/LoadTree
         """
 
 def add_PackageLoaderServiceServicer_to_server(servicer: PackageLoaderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
