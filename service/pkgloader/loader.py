@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pkgloader import formats
+from pkgloader.cache import lease
 from pkgloader.cache.disk import DiskCache
 from pkgloader.cache.memory import MemoryCache
 from pkgloader.cache.spool import Spool
@@ -144,6 +145,11 @@ class PackageLoader:
     @property
     def inflight(self) -> int:
         return len(self._flights)
+
+    @property
+    def leases_held(self) -> int:
+        """Cross-replica download leases this process holds now."""
+        return lease.held_count()
 
     # -- Load ---------------------------------------------------------------------------------
 

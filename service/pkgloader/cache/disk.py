@@ -27,6 +27,7 @@ import mmap
 import os
 import re
 import stat
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -61,6 +62,10 @@ class DiskCache:
     def __init__(self, root: Path, *, touch_interval: float = 300.0) -> None:
         self.root = root
         self.temp = root / TEMP_DIR
+        #: Waits for another holder's download lease: in progress now, and since start.
+        self.lease_waiters = 0
+        self.lease_waits = 0
+        self._lease_lock = threading.Lock()
         self.touch_interval = touch_interval
         self.root.mkdir(parents=True, exist_ok=True)
         self.temp.mkdir(exist_ok=True)
@@ -165,22 +170,33 @@ class DiskCache:
         """
         path = self.temp / f"{h.hex}.lease"
         deadline = time.monotonic() + timeout
-        while True:
-            if self.contains(h):
-                return None
-            lease = try_acquire(path, ttl)
-            if lease is not None:
-                if self.contains(h):  # stored between our look and our lease
-                    lease.release()
+        waiting = False
+        try:
+            while True:
+                if self.contains(h):
                     return None
-                return lease
-            if time.monotonic() > deadline:
-                raise UpstreamUnavailable(
-                    f"timed out after {timeout:.0f}s waiting for another replica to download "
-                    f"{h.hex}",
-                    sha256=h.hex,
-                )
-            time.sleep(poll)
+                lease = try_acquire(path, ttl)
+                if lease is not None:
+                    if self.contains(h):  # stored between our look and our lease
+                        lease.release()
+                        return None
+                    return lease
+                if not waiting:  # counted once per wait, for the lease-wait metrics
+                    waiting = True
+                    with self._lease_lock:
+                        self.lease_waits += 1
+                        self.lease_waiters += 1
+                if time.monotonic() > deadline:
+                    raise UpstreamUnavailable(
+                        f"timed out after {timeout:.0f}s waiting for another replica to "
+                        f"download {h.hex}",
+                        sha256=h.hex,
+                    )
+                time.sleep(poll)
+        finally:
+            if waiting:
+                with self._lease_lock:
+                    self.lease_waiters -= 1
 
     def clean_temp(self, lease_ttl: float = 30.0) -> int:
         """Remove temp files and leases left by dead processes. Returns how many were removed.
