@@ -83,7 +83,7 @@ def test_promtool_unit_tests_pass() -> None:
 
 
 def test_every_alert_has_a_firing_and_a_silent_unit_test() -> None:
-    """Each rule of alerts.yml is tested both ways: firing at least once and silent at least once."""
+    """Each rule of alerts.yml is tested both ways: firing at least once, silent at least once."""
     tests = yaml.safe_load(UNIT_TESTS.read_text())["tests"]
     fired: set[str] = set()
     silent: set[str] = set()
@@ -168,7 +168,8 @@ def test_monitoring_kustomization_renders_and_its_core_kinds_validate(tmp_path: 
     assert json.loads(config_map["data"]["pkgloader.json"]) == json.loads(DASHBOARD.read_text())
     monitor = kinds["ServiceMonitor"]
     service = kinds["Service"]
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
     # kubernetes-validate knows no CRD schemas (ServiceMonitor, PrometheusRule are the Prometheus
     # Operator's): those two kinds are checked above and by promtool, the rest strictly here.

@@ -80,7 +80,8 @@ def test_cli_status_prints_a_table(status_url: tuple[str, Running]) -> None:
     _load(server, DASH.url, DASH.sha256)
     result = run([CLI, "status", "--url", url])
     assert result.returncode == 0, result.stderr
-    assert "version" in result.stdout and __version__ in result.stdout
+    assert "version" in result.stdout
+    assert __version__ in result.stdout
     assert "cache entries" in result.stdout
     assert "hit ratio" in result.stdout
     as_json = run([CLI, "status", "--url", url, "--json"])
