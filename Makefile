@@ -10,7 +10,7 @@ NODE_DIR := tests/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 BUF := $(NODE_DIR)/node_modules/.bin/buf
 
-.PHONY: lock serve test lint typecheck protos check-protos check-buf node bench clean image-test
+.PHONY: lock serve test monitoring-tools lint typecheck protos check-protos check-buf node bench clean image-test
 
 # Third-party packages come only from the lock file, each checked against its sha256, so a
 # tampered or silently changed package fails the install; then our two distributions, editable.
@@ -43,8 +43,15 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 node: $(NODE_STAMP)
 
 ## Run every check: stubs current, lint, types, proto lint and compatibility, the whole test suite.
-test: $(STAMP) check-protos lint check-buf $(NODE_STAMP)
+test: $(STAMP) check-protos lint check-buf $(NODE_STAMP) monitoring-tools
 	$(BIN)/python -m pytest
+
+## promtool and prometheus (Debian's prometheus package) for the alert and dashboard tests. Only
+## the binaries are used: the tests start their own Prometheus on 127.0.0.1.
+monitoring-tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; } || \
+		{ echo "install Debian's prometheus package for promtool and prometheus"; exit 1; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check service client/pkgloader_client tests scripts

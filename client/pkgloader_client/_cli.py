@@ -11,6 +11,8 @@ import json
 import os
 import re
 import sys
+import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -72,6 +74,8 @@ from pkgloader_client._sizes import parse_size
 from pkgloader_client._version import __version__
 
 PROG = "pkgloader-client"
+#: The server's metrics port (PKGLOADER_METRICS_LISTEN) serves /status; 9090 is the manifests'.
+DEFAULT_STATUS_URL = "http://127.0.0.1:9090/status"
 
 OK = 0
 FAILED = 1  # an unexpected failure: internal error on the server, or a local I/O error
@@ -318,6 +322,13 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("path", nargs="?", default="/", help="the directory (default /)")
     ls.add_argument("-r", "--recursive", action="store_true", help="list the whole subtree")
     contents(ls)
+
+    status = command("status", "the server's /status page (on its metrics port) as a table")
+    status.add_argument(
+        "--url",
+        default=os.environ.get("PKGLOADER_STATUS_URL", DEFAULT_STATUS_URL),
+        help=f"the status page (default $PKGLOADER_STATUS_URL or {DEFAULT_STATUS_URL})",
+    )
     return root
 
 
@@ -747,9 +758,48 @@ def _error_line(error: PkgloaderError) -> str:
     return f"{PROG}: {label}: {message}"
 
 
+def _status(args: argparse.Namespace, out: _Output) -> int:
+    """GET the status page (plain HTTP on the metrics port, not gRPC) and print it."""
+    with urllib.request.urlopen(args.url, timeout=args.timeout or 10) as response:  # noqa: S310 - the operator's own URL
+        data = json.load(response)
+    if out.as_json:
+        out.json(data)
+        return OK
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in data.items():
+        if key == "sources":
+            continue
+        if key.endswith("_bytes") and isinstance(value, int):
+            value = f"{value} ({_human(value)})"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in sorted(value.items())) or "-"
+        elif value is None or value == "":
+            value = "-"
+        table.add_row(key.replace("_", " "), str(value))
+    out.table(table)
+    if data.get("sources"):
+        sources = Table(title="resolver sources", title_justify="left")
+        for column in ("kind", "location", "last success"):
+            sources.add_column(column)
+        for source in data["sources"]:
+            last = source.get("last_success")
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(last)) + " UTC" if last else "-"
+            sources.add_row(source["kind"], source["location"], when)
+        out.table(sources)
+    return OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     out = _Output(args.json)
+    if args.command == "status":
+        try:
+            return _status(args, out)
+        except (OSError, ValueError) as exc:
+            print(f"{PROG}: status: {exc}", file=sys.stderr)
+            return EXIT_CODES[ServiceUnavailable]
     try:
         with PackageLoaderClient(
             args.server,

@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from pkgloader_client import SERVICE_NAME
 
-from pkgloader import __version__
+from pkgloader import __version__, status_page
 from pkgloader.cache.disk import DiskCache
 from pkgloader.cache.memory import MemoryCache
 from pkgloader.fetch import Fetchers, FileFetcher, HttpFetcher, MinRate
@@ -42,6 +42,7 @@ from pkgloader.rpc.interceptors import CallInterceptor, CallLimits
 from pkgloader.rpc.reflection import CommentedReflection, commented_files
 from pkgloader.rpc.servicer import PackageLoaderServicer, add_to_server
 from pkgloader.settings import Settings
+from pkgloader.status_page import StatusReport
 from pkgloader.tree import TreeLoader
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,15 @@ class App:
                     log.exception("cache size limit check failed")
 
         threading.Thread(target=run, name="size-limit", daemon=True).start()
+
+    def status(self) -> StatusReport:
+        """What `GET /status` on the metrics port shows."""
+        return status_page.report(
+            loader=self.loader,
+            memory=self.loader.memory,
+            metrics=self.metrics,
+            max_cache_bytes=self.settings.max_cache_bytes,
+        )
 
     def close(self) -> None:
         self._stop.set()
@@ -167,7 +177,7 @@ def build(settings: Settings) -> App:
         abandon_grace=settings.abandon_grace,
         foreign_lease_wait=settings.foreign_lease_wait,
     )
-    metrics = Metrics(loader, memory, disk)
+    metrics = Metrics(loader, memory, disk, max_cache_bytes=settings.max_cache_bytes)
     loader.events = metrics
     app = App(settings, loader, CacheMaintenance(disk, memory), http, metrics, _scratch=scratch)
     app.resolver = build_resolver(settings, loader, http, fetchers.http, policy)
@@ -325,7 +335,7 @@ def serve(settings: Settings) -> None:
         health_server, _ = create_health_server(app, settings.health_listen)
         health_server.start()
     if settings.metrics_listen:
-        app.metrics.serve(settings.metrics_listen)
+        app.metrics.serve(settings.metrics_listen, status=app.status)
     app.start_background()
     set_serving(app, True)
     log.info(

@@ -47,6 +47,7 @@ from typing import Any
 
 from pkgloader import formats
 from pkgloader.cache.disk import DiskCache
+from pkgloader.cache.lease import held_count
 from pkgloader.cache.memory import MemoryCache
 from pkgloader.cache.spool import Spool
 from pkgloader.errors import (
@@ -235,6 +236,11 @@ class PackageLoader:
         """Callers in this process waiting for a download."""
         with self._lock:
             return sum(flight.waiters for flight in self._flights.values())
+
+    @property
+    def leases_held(self) -> int:
+        """Cross-replica download leases this process holds now."""
+        return held_count()
 
     # -- Load ---------------------------------------------------------------------------------
 

@@ -6,13 +6,25 @@ cardinality by construction: method, status code, source, outcome; never a URL, 
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    make_wsgi_app,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from pkgloader.cache.disk import DiskCache
@@ -52,33 +64,64 @@ class _DiskCollector(Collector):
         self._value = (0, 0)
         self._lock = threading.Lock()
 
-    def describe(self) -> Iterator[GaugeMetricFamily]:
+    def describe(self) -> Iterator[Metric]:
         # Without describe(), registering the collector would call collect(): a full directory
         # scan at start-up, which must stay O(1) whatever the cache holds.
         yield GaugeMetricFamily("pkgloader_cache_entries", "Package files in the disk cache")
         yield GaugeMetricFamily("pkgloader_cache_bytes", "Bytes of package files in the disk cache")
+        yield GaugeMetricFamily("pkgloader_cache_volume_bytes", _VOLUME_HELP)
+        yield GaugeMetricFamily("pkgloader_cache_volume_free_bytes", _FREE_HELP)
+        yield GaugeMetricFamily("pkgloader_lease_waiters", _WAITERS_HELP)
+        yield CounterMetricFamily("pkgloader_lease_waits", _WAITS_HELP)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def snapshot(self) -> tuple[int, int]:
+        """(entries, bytes), rescanned when older than the ttl."""
         with self._lock:
             if time.monotonic() - self._at > self._ttl:
                 entries = list(self._disk.entries())
                 self._value = (len(entries), sum(e.size for e in entries))
                 self._at = time.monotonic()
-            count, size = self._value
+            return self._value
+
+    def collect(self) -> Iterator[Metric]:
+        count, size = self.snapshot()
         yield GaugeMetricFamily(
             "pkgloader_cache_entries", "Package files in the disk cache", value=count
         )
         yield GaugeMetricFamily(
             "pkgloader_cache_bytes", "Bytes of package files in the disk cache", value=size
         )
+        # statvfs is one cheap syscall, so the volume is read fresh on every scrape: a volume
+        # filling up (other replicas, other writers) must show at once.
+        vfs = os.statvfs(self._disk.root)
+        yield GaugeMetricFamily(
+            "pkgloader_cache_volume_bytes", _VOLUME_HELP, value=vfs.f_blocks * vfs.f_frsize
+        )
+        yield GaugeMetricFamily(
+            "pkgloader_cache_volume_free_bytes", _FREE_HELP, value=vfs.f_bavail * vfs.f_frsize
+        )
+        yield GaugeMetricFamily("pkgloader_lease_waiters", _WAITERS_HELP, self._disk.lease_waiters)
+        yield CounterMetricFamily("pkgloader_lease_waits", _WAITS_HELP, self._disk.lease_waits)
+
+
+_VOLUME_HELP = "Size of the volume that holds the disk cache"
+_FREE_HELP = "Bytes available to pkgloader on the volume that holds the disk cache"
+_WAITERS_HELP = "Downloads waiting now for another process's download lease of the same package"
+_WAITS_HELP = "Waits for another process's download lease since start"
 
 
 class Metrics(LoaderEvents):
     def __init__(
-        self, loader: PackageLoader, memory: MemoryCache[StoredPackage], disk: DiskCache | None
+        self,
+        loader: PackageLoader,
+        memory: MemoryCache[StoredPackage],
+        disk: DiskCache | None,
+        *,
+        max_cache_bytes: int = 0,
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.started = time.time()
         self.loads = Counter(
             "pkgloader_loads",
             "Loads by source and outcome (status code)",
@@ -112,6 +155,33 @@ class Metrics(LoaderEvents):
             buckets=_RPC_BUCKETS,
             registry=r,
         )
+        # The question an operator asks of a slow Load is "which tier": the RPC histogram has no
+        # source label (most methods have none), so Loads get their own, by source.
+        self.load_seconds = Histogram(
+            "pkgloader_load_duration_seconds",
+            "Load latency by source tier (none: the Load failed before finding the package)",
+            ["source"],
+            buckets=_RPC_BUCKETS,
+            registry=r,
+        )
+        self.load_failures = Counter(
+            "pkgloader_load_failures",
+            "Failed Loads by error reason (the ErrorInfo reason clients see)",
+            ["reason"],
+            registry=r,
+        )
+        Gauge(
+            "pkgloader_memory_cache_budget_bytes", "The memory cache's budget", registry=r
+        ).set(memory.budget)
+        Gauge(
+            "pkgloader_cache_max_bytes", "The disk cache's size limit (0: none)", registry=r
+        ).set(max_cache_bytes if disk is not None else 0)
+        # Each App has its own registry, so the process collector is registered here rather
+        # than relying on the global default registry. Threads are not among its metrics.
+        ProcessCollector(registry=r)
+        Gauge(
+            "pkgloader_process_threads", "Threads of the server process", registry=r
+        ).set_function(threading.active_count)
         Gauge(
             "pkgloader_memory_cache_bytes", "Bytes held by the memory cache", registry=r
         ).set_function(lambda: memory.bytes)
@@ -121,11 +191,17 @@ class Metrics(LoaderEvents):
         Gauge(
             "pkgloader_inflight_downloads", "Downloads in progress in this process", registry=r
         ).set_function(lambda: loader.inflight)
-        if disk is not None:
-            r.register(_DiskCollector(disk))
+        self.disk = _DiskCollector(disk) if disk is not None else None
+        if self.disk is not None:
+            r.register(self.disk)
         self._server: Any = None
+        #: The HTTP endpoint's port once `serve` has started it.
+        self.port: int | None = None
         self._rpc_children: dict[tuple[str, str], Any] = {}
         self._load_children: dict[tuple[str, str], Any] = {}
+        self._load_seconds_children: dict[str, Any] = {}
+        #: Successful Loads by source since start, for the status page's hit ratio.
+        self.load_sources: dict[str, int] = {}
 
     # LoaderEvents
     def downloaded(self, size: int, seconds: float, ok: bool) -> None:
@@ -151,19 +227,57 @@ class Metrics(LoaderEvents):
             if counter is None:
                 counter = self._load_children[(source, code)] = self.loads.labels(source, code)
             counter.inc()
+            latency = self._load_seconds_children.get(source)
+            if latency is None:
+                latency = self._load_seconds_children[source] = self.load_seconds.labels(source)
+            latency.observe(seconds)
+            if code == "OK":
+                # A plain dict increment under the GIL: exact enough for a ratio on a page.
+                self.load_sources[source] = self.load_sources.get(source, 0) + 1
+            elif reason := fields.get("reason"):
+                self.load_failures.labels(reason).inc()
             if sent := fields.get("sent_bytes", 0):
                 self.served.inc(sent)
 
-    def serve(self, address: str) -> int:
-        """Start the /metrics HTTP endpoint; returns its port."""
+    def serve(self, address: str, status: Callable[[], Any] | None = None) -> int:
+        """Start the HTTP endpoint: /metrics, and /status (JSON of `status()`, a dataclass)
+        when given; returns its port."""
         host, _, port = address.rpartition(":")
-        self._server, _ = start_http_server(
-            int(port), addr=host.strip("[]"), registry=self.registry
+        metrics_app = make_wsgi_app(self.registry)
+
+        def route(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+            if status is not None and environ.get("PATH_INFO") == "/status":
+                body = json.dumps(dataclasses.asdict(status()), indent=2).encode() + b"\n"
+                start_response(
+                    "200 OK",
+                    [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+                )
+                return [body]
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+
+        server = make_server(
+            host.strip("[]"), int(port), route, _ThreadingServer, handler_class=_QuietHandler
         )
-        return int(self._server.server_address[1])
+        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+        self._server = server
+        self.port = int(server.server_address[1])
+        return self.port
 
     def close(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """One thread per scrape, so a slow client never blocks the next probe."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No stderr line per scrape: Prometheus scrapes every few seconds."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass

@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import stat
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -64,6 +65,10 @@ class DiskCache:
     def __init__(self, root: Path, *, touch_interval: float = 300.0) -> None:
         self.root = root
         self.temp = root / TEMP_DIR
+        #: Waits for another holder's download lease: in progress now, and since start.
+        self.lease_waiters = 0
+        self.lease_waits = 0
+        self._lease_lock = threading.Lock()
         self.touch_interval = touch_interval
         self.root.mkdir(parents=True, exist_ok=True)
         self.temp.mkdir(exist_ok=True)
@@ -230,31 +235,44 @@ class DiskCache:
         path = self.temp / f"{h.hex}.lease"
         deadline = time.monotonic() + timeout
         foreign_since: float | None = None
-        while True:
-            if self.contains(h):
-                return None
-            lease = try_acquire(path, ttl, url)
-            if lease is not None:
-                if self.contains(h):  # stored between our look and our lease
-                    lease.release()
+        waiting = False
+        try:
+            while True:
+                if self.contains(h):
                     return None
-                return lease
-            now = time.monotonic()
-            if give_up is not None and give_up():
-                raise Cancelled(f"nobody waits for {h.hex} any more; stopped waiting for its lease")
-            if foreign_wait is not None and holder_url(path) != url:
-                foreign_since = now if foreign_since is None else foreign_since
-                if now - foreign_since >= foreign_wait:
-                    return Unleased()
-            else:
-                foreign_since = None
-            if now > deadline:
-                raise CacheBusy(
-                    f"timed out after {timeout:.0f}s waiting for another replica to download "
-                    f"{h.hex}",
-                    sha256=h.hex,
-                )
-            time.sleep(poll)
+                lease = try_acquire(path, ttl, url)
+                if lease is not None:
+                    if self.contains(h):  # stored between our look and our lease
+                        lease.release()
+                        return None
+                    return lease
+                if not waiting:  # counted once per wait, for the lease-wait metrics
+                    waiting = True
+                    with self._lease_lock:
+                        self.lease_waits += 1
+                        self.lease_waiters += 1
+                now = time.monotonic()
+                if give_up is not None and give_up():
+                    raise Cancelled(
+                        f"nobody waits for {h.hex} any more; stopped waiting for its lease"
+                    )
+                if foreign_wait is not None and holder_url(path) != url:
+                    foreign_since = now if foreign_since is None else foreign_since
+                    if now - foreign_since >= foreign_wait:
+                        return Unleased()
+                else:
+                    foreign_since = None
+                if now > deadline:
+                    raise CacheBusy(
+                        f"timed out after {timeout:.0f}s waiting for another replica to "
+                        f"download {h.hex}",
+                        sha256=h.hex,
+                    )
+                time.sleep(poll)
+        finally:
+            if waiting:
+                with self._lease_lock:
+                    self.lease_waiters -= 1
 
     def clean_temp(self, lease_ttl: float = 30.0) -> int:
         """Remove temp files and leases left by dead processes. Returns how many were removed.

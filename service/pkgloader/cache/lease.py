@@ -31,11 +31,22 @@ from pathlib import Path
 
 from pkgloader.errors import CacheFull
 
+_held = 0
+_held_lock = threading.Lock()
+
+
+def held_count() -> int:
+    """Leases this process holds now (for the status page)."""
+    return _held
+
 
 class Lease:
     """A held lease. `release()` (or leaving the `with` block) gives it up."""
 
     def __init__(self, path: Path, fd: int, ttl: float) -> None:
+        global _held
+        with _held_lock:
+            _held += 1
         self.path = path
         self._fd = fd
         self._ino = os.fstat(fd).st_ino
@@ -59,8 +70,11 @@ class Lease:
             return False
 
     def release(self) -> None:
+        global _held
         if self._stop.is_set():
             return
+        with _held_lock:
+            _held -= 1
         self._stop.set()
         self._beat.join()
         if self.held:
