@@ -196,6 +196,12 @@ class Settings:
     )
     grace_period: float = _setting(10.0, parse_seconds, "seconds in-flight calls get on shutdown")
     log_level: str = _setting("INFO", str.upper, "DEBUG, INFO, WARNING or ERROR")
+    temp_max_age: float = _setting(
+        3600.0,
+        parse_seconds,
+        "seconds after which a file in the cache's __temp__/ that no live writer holds is removed "
+        "(any writer's, the wasmer CLI's too); checked at start-up and every quarter of it",
+    )
     tokens: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     auth_tokens: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
