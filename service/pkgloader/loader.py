@@ -80,6 +80,9 @@ class LoaderEvents:
     def hash_mismatch(self) -> None:
         """A caller received (or was refused) content whose hash differed from the expected."""
 
+    def waiting(self) -> None:
+        """A Load began to wait for a download in flight (one it started or joined)."""
+
 
 @dataclass(frozen=True)
 class LoadRequest:
@@ -177,7 +180,9 @@ class PackageLoader:
         if from_disk is not None:
             return LoadResult(from_disk, Source.DISK)
 
-        download = self._await(self._flight(expected, str(url)), alive, timeout)
+        flight = self._flight(expected, str(url))
+        self.events.waiting()
+        download = self._await(flight, alive, timeout)
         warnings: list[str] = []
         if download.actual != expected.hex:
             mismatch = HashMismatch(
