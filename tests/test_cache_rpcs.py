@@ -281,6 +281,7 @@ def test_concurrent_retain_and_loads_never_serve_torn_bytes(make_server) -> None
     """Loads racing with Retain either succeed with exact bytes or download again; never torn."""
     server = make_server(memory_cache_bytes=0, workers=32)
     stop = threading.Event()
+    loaded = threading.Semaphore(0)  # one release per finished Load
     failures: list[str] = []
 
     def loader(fixture) -> None:
@@ -290,6 +291,8 @@ def test_concurrent_retain_and_loads_never_serve_torn_bytes(make_server) -> None
             except grpc.RpcError as exc:
                 failures.append(f"{exc.code()}: {exc.details()}")
                 continue
+            finally:
+                loaded.release()
             if content != fixture.data:
                 failures.append(f"torn content for {fixture.name}")
 
@@ -298,8 +301,8 @@ def test_concurrent_retain_and_loads_never_serve_torn_bytes(make_server) -> None
         thread.start()
     try:
         for _ in range(40):
+            assert loaded.acquire(timeout=30)  # Loads and Retains interleave, whatever the load
             server.stub.Retain(pb.RetainRequest(max_total_bytes=0))
-            time.sleep(0.01)
     finally:
         stop.set()
         for thread in threads:
