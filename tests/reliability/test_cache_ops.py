@@ -382,3 +382,26 @@ def test_stale_temp_files_are_swept_while_running_and_our_downloads_are_not(
     [(package, _)] = results
     assert package.source == pb.SOURCE_DOWNLOAD
     assert (server.app.settings.cache_dir / f"{DASH.sha256}.bin").read_bytes() == DASH.data
+
+
+def test_remove_unchanged_deletes_only_the_file_it_was_given(tmp_path: Path) -> None:
+    """DiskCache.remove_unchanged: a file replaced since it was listed stays; the listed one
+    goes, even with `__temp__/` removed by an operator meanwhile; no other name is accepted."""
+    from pkgloader.cache.disk import DiskCache
+
+    cache = DiskCache(tmp_path / "c")
+    name = f"{HELLO.sha256}.bin"
+    (cache.root / name).write_bytes(b"old")
+    [listed] = cache.entries()
+    assert listed.file_id is not None
+    republish(cache.root, HELLO.data, name)
+    assert not cache.remove_unchanged(name, listed.file_id)
+    assert (cache.root / name).read_bytes() == HELLO.data
+    [current] = cache.entries()
+    assert current.file_id is not None
+    cache.temp.rmdir()
+    assert cache.remove_unchanged(name, current.file_id)
+    assert sorted(p.name for p in cache.root.iterdir()) == ["__temp__"]
+    assert list(cache.temp.iterdir()) == []
+    with pytest.raises(ValueError, match="not a cache file name"):
+        cache.remove_unchanged("../escape.bin", current.file_id)

@@ -351,11 +351,16 @@ class DiskCache:
         except FileNotFoundError:
             return False
         aside = self.temp / f"{name}.{uuid.uuid4().hex}.removing"
-        self.temp.mkdir(exist_ok=True)
         try:
             os.rename(path, aside)
         except FileNotFoundError:
-            return False
+            if self.temp.is_dir():
+                return False  # the name went meanwhile
+            self.temp.mkdir(exist_ok=True)  # removed from under us (by an operator): recreate
+            try:
+                os.rename(path, aside)
+            except FileNotFoundError:
+                return False
         try:
             moved = FileId.of(os.lstat(aside))
         except FileNotFoundError:
