@@ -269,7 +269,8 @@ class CacheMaintenance:
         # The memory copy may have been read from the bad file: it goes in any case.
         self.memory.remove(h)
         try:
-            removed = disk.remove_unchanged(name, seen)
+            # Content is what is judged here: a use since (a renewed mtime) does not save it.
+            removed = disk.remove_unchanged(name, seen, unused=False)
         except OSError as exc:
             log.error("could not delete cached image file", extra={"file": name, "error": str(exc)})
             return False

@@ -243,6 +243,28 @@ def test_prune_still_deletes_a_bad_file_nobody_replaced(make_server) -> None:
     assert list((cache / "__temp__").iterdir()) == []
 
 
+def test_prune_deletes_a_bad_file_whose_last_use_was_renewed_meanwhile(make_server) -> None:
+    """A prune judges content, not use: a bad file whose mtime a hit renews between its hash and
+    the prune is still the same (bad) file, and is pruned."""
+    from pkgloader.hashes import WebcHash
+
+    server = make_server()
+    cache = server.app.settings.cache_dir
+    name = f"{HELLO.sha256}.bin"
+    (cache / name).write_bytes(b"a torn or foreign file")
+    _aged(cache / name, 3600)
+    disk = server.app.loader.disk
+
+    def hashed(hashed_name: str) -> None:
+        before = (cache / name).stat().st_mtime_ns
+        disk.touch(WebcHash(HELLO.sha256))
+        assert (cache / name).stat().st_mtime_ns != before
+
+    report = server.app.maintenance.validate(prune=True, hashed=hashed)
+    assert [(m.name, m.pruned) for m in report.mismatches] == [(name, True)]
+    assert not (cache / name).exists()
+
+
 def test_retain_keeps_an_entry_loaded_after_it_was_judged_unused(make_server) -> None:
     """Retain(unused_for) judges three old entries; one of them is Loaded (a disk hit renews
     its last use) before the removals: it stays, the two others go."""

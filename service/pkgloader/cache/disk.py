@@ -71,6 +71,12 @@ class FileId:
     def of(cls, st: os.stat_result) -> FileId:
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
+    def same_file(self, other: FileId, *, used: bool = True) -> bool:
+        """Whether `other` is this file; with `used`, also unused since (the same mtime)."""
+        if used:
+            return self == other
+        return (self.device, self.inode, self.size) == (other.device, other.inode, other.size)
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -334,9 +340,10 @@ class DiskCache:
                         continue
         return found
 
-    def remove_unchanged(self, name: str, seen: FileId) -> bool:
+    def remove_unchanged(self, name: str, seen: FileId, *, unused: bool = True) -> bool:
         """Delete the cache file `name` only if it is still the file `seen` describes (the one
-        that was listed or hashed). True if this call deleted it.
+        that was listed or hashed) and, with `unused`, has not been used since (its mtime is
+        the last use). True if this call deleted it.
 
         The name is moved aside into `__temp__/` first, with one atomic rename, and checked
         there: a file published under the name between the check and the unlink can then never
@@ -346,7 +353,7 @@ class DiskCache:
             raise ValueError(f"not a cache file name: {name!r}")
         path = self.root / name
         try:
-            if FileId.of(os.lstat(path)) != seen:
+            if not seen.same_file(FileId.of(os.lstat(path)), used=unused):
                 return False
         except FileNotFoundError:
             return False
@@ -365,7 +372,7 @@ class DiskCache:
             moved = FileId.of(os.lstat(aside))
         except FileNotFoundError:
             return False
-        if moved == seen:
+        if seen.same_file(moved, used=unused):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(aside)
             return True
