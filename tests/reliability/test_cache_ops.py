@@ -427,3 +427,17 @@ def test_remove_unchanged_deletes_only_the_file_it_was_given(tmp_path: Path) -> 
     assert list(cache.temp.iterdir()) == []
     with pytest.raises(ValueError, match="not a cache file name"):
         cache.remove_unchanged("../escape.bin", current.file_id)
+
+
+def test_start_up_removes_what_a_kill_cut_short(tmp_path: Path) -> None:
+    """SIGKILL can cut a removal after its rename aside, or a lease between its creation and its
+    holder record: at start-up both leftovers go (fresh as they are), so no temp file survives a
+    restart (what test_crash.py checks at random kill points)."""
+    temp = tmp_path / "cache" / "__temp__"
+    temp.mkdir(parents=True)
+    aside = temp / f"{HELLO.sha256}.bin.0123456789abcdef0123456789abcdef.removing"
+    aside.write_bytes(b"doomed")
+    (temp / f"{DASH.sha256}.lease").write_bytes(b"")
+    (temp / f"{WABT.sha256}.lease").write_bytes(b'{"host": "')
+    with running(test_settings(tmp_path)):
+        assert list(temp.iterdir()) == []

@@ -53,6 +53,7 @@ _ENTRY = re.compile(r"^[0-9a-f]{64}\.bin$")
 _ANY_CASE_ENTRY = re.compile(r"^[0-9a-fA-F]{64}\.bin$")
 
 
+_ASIDE = ".removing"  # the suffix of a file `remove_unchanged` moved aside into `__temp__/`
 # Bookkeeping of ours in `__temp__/` that is old by design (the size limit's last-run marker).
 _TEMP_KEEP = frozenset({"size-limit.last"})
 
@@ -273,6 +274,12 @@ class DiskCache:
         removed = sum(
             stale_lease(self.temp / name, lease_ttl) for name in names if name.endswith(".lease")
         )
+        # Files moved aside by a removal (`remove_unchanged`) that a crash cut short: doomed
+        # files, or (rarely) one that was about to be put back; either way only a cache miss.
+        for name in (n for n in names if n.endswith(_ASIDE)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.temp / name)
+                removed += 1
         for name in (n for n in names if n.endswith(".part")):
             path = self.temp / name
             try:
@@ -357,7 +364,7 @@ class DiskCache:
                 return False
         except FileNotFoundError:
             return False
-        aside = self.temp / f"{name}.{uuid.uuid4().hex}.removing"
+        aside = self.temp / f"{name}.{uuid.uuid4().hex}{_ASIDE}"
         try:
             os.rename(path, aside)
         except FileNotFoundError:
