@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from pkgloader import app as app_module
+from pkgloader.loader import LoaderEvents
 from pkgloader.settings import Settings
 from pkgloader_client import PackageLoaderServiceStub, pb
 
@@ -77,6 +80,50 @@ ALL = (HELLO, DASH, WABT, STATIC, COWSAY)
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def wait_until(check: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
+    """Poll `check` until it holds or `timeout` seconds pass. Returns the last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+
+
+class Waiters(LoaderEvents):
+    """Counts the Loads waiting on a download (the loader's public events hook), passing every
+    event on to the events object it replaces (the metrics)."""
+
+    def __init__(self, inner: LoaderEvents) -> None:
+        self._inner = inner
+        self._count = 0
+        self._changed = threading.Condition()
+
+    def waiting(self) -> None:
+        with self._changed:
+            self._count += 1
+            self._changed.notify_all()
+        self._inner.waiting()
+
+    def downloaded(self, size: int, seconds: float, ok: bool) -> None:
+        self._inner.downloaded(size, seconds, ok)
+
+    def hash_mismatch(self) -> None:
+        self._inner.hash_mismatch()
+
+    def wait_for(self, count: int, timeout: float = 30) -> bool:
+        """Block until `count` Loads wait on downloads; False if it did not happen in time."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._count >= count, timeout)
+
+    @classmethod
+    def install(cls, server: Running) -> Waiters:
+        waiters = cls(server.app.loader.events)
+        server.app.loader.events = waiters
+        return waiters
 
 
 @pytest.fixture(scope="session", autouse=True)

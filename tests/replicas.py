@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pkgloader_client import PackageLoaderServiceStub
 
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_until
 
 
 def free_port() -> int:
@@ -35,19 +34,19 @@ class Replica:
     stub: PackageLoaderServiceStub
 
     def wait_serving(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
         health = health_pb2_grpc.HealthStub(self.channel)
-        while time.monotonic() < deadline:
+
+        def serving() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"replica on {self.port} exited with {self.proc.returncode}")
             try:
                 status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
             except grpc.RpcError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"replica on {self.port} never became SERVING")
+                return False
+            return bool(status == health_pb2.HealthCheckResponse.SERVING)
+
+        if not wait_until(serving, timeout):
+            raise AssertionError(f"replica on {self.port} never became SERVING")
 
     def kill(self) -> None:
         self.proc.kill()

@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import duration_pb2
 from pkgloader_client import pb
 
-from tests.conftest import ALL, COWSAY, DASH, HELLO, STATIC, WABT, Running, load_request
+from tests.conftest import ALL, COWSAY, DASH, HELLO, STATIC, WABT, Running, load_request, sha256
 
 
 def names(server: Running) -> list[str]:
@@ -281,6 +281,7 @@ def test_concurrent_retain_and_loads_never_serve_torn_bytes(make_server) -> None
     """Loads racing with Retain either succeed with exact bytes or download again; never torn."""
     server = make_server(memory_cache_bytes=0, workers=32)
     stop = threading.Event()
+    loaded = threading.Semaphore(0)  # one release per finished Load
     failures: list[str] = []
 
     def loader(fixture) -> None:
@@ -290,6 +291,8 @@ def test_concurrent_retain_and_loads_never_serve_torn_bytes(make_server) -> None
             except grpc.RpcError as exc:
                 failures.append(f"{exc.code()}: {exc.details()}")
                 continue
+            finally:
+                loaded.release()
             if content != fixture.data:
                 failures.append(f"torn content for {fixture.name}")
 
@@ -298,8 +301,8 @@ def test_concurrent_retain_and_loads_never_serve_torn_bytes(make_server) -> None
         thread.start()
     try:
         for _ in range(40):
+            assert loaded.acquire(timeout=30)  # Loads and Retains interleave, whatever the load
             server.stub.Retain(pb.RetainRequest(max_total_bytes=0))
-            time.sleep(0.01)
     finally:
         stop.set()
         for thread in threads:
@@ -307,8 +310,8 @@ def test_concurrent_retain_and_loads_never_serve_torn_bytes(make_server) -> None
     assert failures == []
 
 
-def test_cache_files_are_only_ever_complete(tmp_path: Path) -> None:
-    """The reference's scan/retain contract at the DiskCache level: save, scan, retain, scan."""
+def test_disk_cache_save_scan_remove_scan(tmp_path: Path) -> None:
+    """The reference's scan/retain contract at the DiskCache level: save, scan, remove, scan."""
     from pkgloader.cache.disk import DiskCache
     from pkgloader.hashes import WebcHash
 
@@ -327,3 +330,36 @@ def test_cache_files_are_only_ever_complete(tmp_path: Path) -> None:
     assert cache.remove(saved[1])
     assert [e.hash for e in cache.entries()] == [saved[0]]
     assert list((tmp_path / "c" / "__temp__").iterdir()) == []
+
+
+def test_cache_files_appear_under_their_name_only_complete(tmp_path: Path) -> None:
+    """Atomic publish: while a package is written (3 x 1 MiB) its name does not exist and no
+    entry is listed; it appears by one rename of the finished, fsynced temp file (the same
+    inode, the full size), and nothing is left in __temp__/."""
+    import os
+
+    from pkgloader.cache.disk import DiskCache
+    from pkgloader.hashes import WebcHash
+
+    cache = DiskCache(tmp_path / "c")
+    body = os.urandom(3 << 20)
+    h = WebcHash(sha256(body))
+    spool = cache.spool(1 << 30)
+    for start in range(0, len(body), 1 << 20):
+        spool.write(body[start : start + (1 << 20)])
+        assert not cache.path(h).exists()
+        assert list(cache.entries()) == []
+    assert spool.finish() == h.hex
+    temp = spool.path
+    assert temp is not None
+    assert temp.parent == cache.temp
+    written = os.stat(temp)
+    assert written.st_size == len(body)
+    assert not cache.path(h).exists()
+    assert cache.publish(spool, h) == f"{h.hex}.bin"
+    published = os.stat(cache.path(h))
+    assert (published.st_ino, published.st_size) == (written.st_ino, len(body))
+    assert not temp.exists()
+    cache.discard(spool)
+    assert list(cache.temp.iterdir()) == []
+    assert cache.path(h).read_bytes() == body

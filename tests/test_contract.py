@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -21,7 +20,7 @@ from pkgloader.rpc.status import CODES, to_status
 from pkgloader.settings import Settings, SettingsError
 from pkgloader_client import SERVICE_NAME
 
-from tests.conftest import REPO, Running, test_settings
+from tests.conftest import REPO, Running, test_settings, wait_until
 
 
 def test_every_domain_error_has_a_status_mapping() -> None:
@@ -173,14 +172,14 @@ def _health(port: int, service: str = "") -> int:
 
 
 def _wait_serving(port: int, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(200):
+    def serving() -> bool:
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
         try:
-            if _health(port) == health_pb2.HealthCheckResponse.SERVING:
-                return
+            return _health(port) == health_pb2.HealthCheckResponse.SERVING
         except grpc.RpcError:
-            time.sleep(0.05)
-    raise AssertionError("server never became SERVING")
+            return False
+
+    assert wait_until(serving, 30), "server never became SERVING"
 
 
 def test_serve_reports_health_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
@@ -218,6 +217,7 @@ def test_server_killed_while_writing_leaves_no_visible_partial_file(tmp_path: Pa
     from tests.conftest import WABT
 
     started = threading.Event()
+    done = threading.Event()
 
     class Slow(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -227,7 +227,7 @@ def test_server_killed_while_writing_leaves_no_visible_partial_file(tmp_path: Pa
             self.wfile.write(WABT.data[: WABT.size // 2])
             self.wfile.flush()
             started.set()
-            time.sleep(30)
+            done.wait(30)  # the rest never comes: the server is killed meanwhile
 
         def log_message(self, *args: object) -> None:
             pass
@@ -249,10 +249,9 @@ def test_server_killed_while_writing_leaves_no_visible_partial_file(tmp_path: Pa
             load_request(f"http://127.0.0.1:{upstream.server_address[1]}/p", WABT.sha256)
         )
         assert started.wait(20)
-        for _ in range(100):  # the half body reaches the temp file
-            if any(p.stat().st_size for p in (cache / "__temp__").iterdir()):
-                break
-            time.sleep(0.05)
+        assert wait_until(  # the half body reaches the temp file
+            lambda: any(p.stat().st_size for p in (cache / "__temp__").iterdir()), 10
+        )
         proc.kill()
         proc.wait()
         call.cancel()
@@ -267,6 +266,7 @@ def test_server_killed_while_writing_leaves_no_visible_partial_file(tmp_path: Pa
             restarted.terminate()
             restarted.wait(30)
     finally:
+        done.set()
         proc.kill()
         proc.wait()
         upstream.shutdown()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +18,18 @@ from pkgloader_client import pb
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from tests.conftest import ALL, COWSAY, DASH, HELLO, STATIC, WABT, Running, load_request, sha256
+from tests.conftest import (
+    ALL,
+    COWSAY,
+    DASH,
+    HELLO,
+    STATIC,
+    WABT,
+    Running,
+    Waiters,
+    load_request,
+    sha256,
+)
 
 
 def error_info(err: grpc.RpcError) -> error_details_pb2.ErrorInfo:
@@ -529,19 +539,18 @@ def test_fifty_concurrent_loads_make_one_upstream_request(
 
     httpserver.expect_request("/pkg").respond_with_handler(slow)
     url = httpserver.url_for("/pkg")
+    waiters = Waiters.install(server)
     with ThreadPoolExecutor(50) as pool:
         calls = [
             pool.submit(server.load, url, WABT.sha256, include_content=True) for _ in range(50)
         ]
-        deadline = time.monotonic() + 10
-        while server.app.loader.inflight == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.5)  # let the other calls join the flight
+        joined = waiters.wait_for(50)  # every call waits on the one download
         release.set()
         results = [c.result(timeout=30) for c in calls]
+    assert joined
     assert len(httpserver.log) == 1
     assert all(content == WABT.data for _, content in results)
-    assert {p.source for p, _ in results} <= {pb.SOURCE_DOWNLOAD, pb.SOURCE_MEMORY}
+    assert {p.source for p, _ in results} == {pb.SOURCE_DOWNLOAD}
 
 
 def test_concurrent_loads_share_a_failure_too(make_server, httpserver: HTTPServer) -> None:
@@ -555,9 +564,10 @@ def test_concurrent_loads_share_a_failure_too(make_server, httpserver: HTTPServe
 
     httpserver.expect_request("/pkg").respond_with_handler(slow)
     url = httpserver.url_for("/pkg")
+    waiters = Waiters.install(server)
     with ThreadPoolExecutor(20) as pool:
         calls = [pool.submit(server.load, url, HELLO.sha256) for _ in range(20)]
-        time.sleep(0.5)
+        assert waiters.wait_for(20)  # a call that came after the failure would fetch again
         release.set()
         for call in calls:
             with pytest.raises(grpc.RpcError) as caught:

@@ -99,11 +99,13 @@ def test_reader_may_load_scan_evict_memory_and_validate_without_pruning(secured:
         lambda stub, md: stub.ValidateCache(
             pb.ValidateCacheRequest(mode=pb.CACHE_VALIDATION_PRUNE), metadata=md
         ),
+        lambda stub, md: stub.ValidateCache(pb.ValidateCacheRequest(deep=True), metadata=md),
     ],
-    ids=["retain", "evict-all", "validate-prune"],
+    ids=["retain", "evict-all", "validate-prune", "validate-deep"],
 )
 def test_state_changing_calls_need_the_admin_role(secured: Running, call) -> None:
-    """Retain, Evict(ALL), ValidateCache(PRUNE): PERMISSION_DENIED for a reader, fine for admin."""
+    """Retain, Evict(ALL), ValidateCache(PRUNE) and the costly deep ValidateCache:
+    PERMISSION_DENIED for a reader, fine for admin."""
     list(secured.stub.Load(load_request(HELLO.url, HELLO.sha256), metadata=bearer(READER)))
     cache = secured.app.settings.cache_dir / f"{HELLO.sha256}.bin"
     with pytest.raises(grpc.RpcError) as caught:

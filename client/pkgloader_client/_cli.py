@@ -479,7 +479,7 @@ def _retain(client: PackageLoaderClient, args: argparse.Namespace, out: _Output)
     for e in result.removed:
         out.line(f"{verb} {e.sha256} ({_human(e.size)})")
     out.line(
-        f"{verb} {len(result.removed)} files ({_human(result.removed_bytes)}); "
+        f"{verb} {result.removed_files} files ({_human(result.removed_bytes)}); "
         f"kept {result.kept_files} files ({_human(result.kept_bytes)})"
     )
     return OK
@@ -523,7 +523,7 @@ def _validate(client: PackageLoaderClient, args: argparse.Namespace, out: _Outpu
             + (
                 "ok"
                 if report.ok
-                else f"{len(report.mismatches) + len(report.invalid_packages)} damaged"
+                else f"{report.mismatch_count + report.invalid_package_count} damaged"
             )
         )
     return OK if report.ok else CACHE_DAMAGED

@@ -195,18 +195,24 @@ def entries(batches: Iterable[pb.ScanResponse]) -> list[CacheEntry]:
 class RetainResult(_Data):
     """What a Retain removed (or, dry run, would remove) and what remains."""
 
-    removed: tuple[CacheEntry, ...]
+    removed: tuple[CacheEntry, ...]  # the first 1000 (see `truncated`)
     kept_files: int
     kept_bytes: int
     removed_bytes: int
+    removed_files: int = 0  # all of them
+    truncated: bool = False  # `removed` lists fewer than `removed_files`
 
     @classmethod
     def from_proto(cls, r: pb.RetainResponse) -> RetainResult:
+        removed = tuple(CacheEntry.from_proto(e) for e in r.removed)
         return cls(
-            removed=tuple(CacheEntry.from_proto(e) for e in r.removed),
+            removed=removed,
             kept_files=r.kept_files,
             kept_bytes=r.kept_bytes,
             removed_bytes=r.removed_bytes,
+            # A server without the count sends 0: then the list is complete.
+            removed_files=r.removed_files or len(removed),
+            truncated=r.truncated,
         )
 
 
@@ -214,12 +220,21 @@ class RetainResult(_Data):
 class EvictResult(_Data):
     """The hashes that were in the memory cache, and those whose disk files were deleted."""
 
-    evicted: tuple[str, ...]
-    deleted: tuple[str, ...]
+    evicted: tuple[str, ...]  # the first 10000 (see `truncated`)
+    deleted: tuple[str, ...]  # the first 10000
+    evicted_count: int = 0
+    deleted_count: int = 0
+    truncated: bool = False
 
     @classmethod
     def from_proto(cls, r: pb.EvictResponse) -> EvictResult:
-        return cls(evicted=tuple(r.evicted), deleted=tuple(r.deleted))
+        return cls(
+            evicted=tuple(r.evicted),
+            deleted=tuple(r.deleted),
+            evicted_count=r.evicted_count or len(r.evicted),
+            deleted_count=r.deleted_count or len(r.deleted),
+            truncated=r.truncated,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,14 +261,17 @@ class InvalidFile(_Data):
 class ValidationReport(_Data):
     """The outcome of ValidateCache."""
 
-    mismatches: tuple[MismatchedFile, ...]
-    invalid_packages: tuple[InvalidFile, ...]
+    mismatches: tuple[MismatchedFile, ...]  # the first 1000 (see `truncated`)
+    invalid_packages: tuple[InvalidFile, ...]  # the first 1000
     checked_files: int
     checked_bytes: int
+    mismatch_count: int = 0
+    invalid_package_count: int = 0
+    truncated: bool = False
 
     @property
     def ok(self) -> bool:
-        return not self.mismatches and not self.invalid_packages
+        return not (self.mismatch_count or self.invalid_package_count)
 
     @classmethod
     def from_proto(cls, r: pb.ValidateCacheResponse) -> ValidationReport:
@@ -268,6 +286,9 @@ class ValidationReport(_Data):
             ),
             checked_files=r.checked_files,
             checked_bytes=r.checked_bytes,
+            mismatch_count=r.mismatch_count or len(r.mismatches),
+            invalid_package_count=r.invalid_package_count or len(r.invalid_packages),
+            truncated=r.truncated,
         )
 
 

@@ -84,9 +84,27 @@ class App:
     _pools: list[futures.ThreadPoolExecutor] = field(default_factory=list)
 
     def start_background(self) -> None:
-        """Background upkeep: the disk cache size limit, checked every size_check_interval."""
+        """Background upkeep: the disk cache size limit, checked every size_check_interval, and
+        stale temp files, swept every quarter of temp_max_age."""
         settings = self.settings
-        if not settings.max_cache_bytes or self.loader.disk is None:
+        disk = self.loader.disk
+        if disk is None:
+            return
+
+        def sweep() -> None:
+            every = settings.temp_max_age / 4
+            while not self._stop.wait(every * random.uniform(0.8, 1.2)):  # noqa: S311 - jitter
+                try:
+                    removed = disk.remove_stale_temp(settings.temp_max_age)
+                except Exception:
+                    log.exception("stale temp file sweep failed")
+                    continue
+                if removed:
+                    self.metrics.temp_removed.inc(removed)
+                    log.info("removed stale temp files", extra={"count": removed})
+
+        threading.Thread(target=sweep, name="temp-sweep", daemon=True).start()
+        if not settings.max_cache_bytes:
             return
 
         def run() -> None:
@@ -156,9 +174,11 @@ def build(settings: Settings) -> App:
         FileFetcher(settings.file_roots),
     )
     disk = None
+    removed = 0
     if settings.cache_dir is not None:
         disk = DiskCache(settings.cache_dir, touch_interval=settings.touch_interval)
-        removed = disk.clean_temp(settings.lease_ttl)
+        # Before the server exists, so before SERVING.
+        removed = disk.clean_temp(settings.lease_ttl, settings.temp_max_age)
         if removed:
             log.info("removed temp files left by a crash", extra={"count": removed})
     scratch = None if disk else tempfile.TemporaryDirectory(prefix="pkgloader-")
@@ -178,6 +198,7 @@ def build(settings: Settings) -> App:
         foreign_lease_wait=settings.foreign_lease_wait,
     )
     metrics = Metrics(loader, memory, disk, max_cache_bytes=settings.max_cache_bytes)
+    metrics.temp_removed.inc(removed)
     loader.events = metrics
     app = App(settings, loader, CacheMaintenance(disk, memory), http, metrics, _scratch=scratch)
     app.resolver = build_resolver(settings, loader, http, fetchers.http, policy)

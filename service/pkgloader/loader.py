@@ -143,6 +143,9 @@ class LoaderEvents:
     def hash_mismatch(self) -> None:
         """A caller received (or was refused) content whose hash differed from the expected."""
 
+    def waiting(self) -> None:
+        """A Load began to wait for a download in flight (one it started or joined)."""
+
 
 @dataclass(frozen=True)
 class LoadRequest:
@@ -282,6 +285,7 @@ class PackageLoader:
 
         deadline = None if timeout is None else time.monotonic() + timeout
         flight = self._flight(expected, str(url), alive if wait_for_room else None, deadline)
+        self.events.waiting()
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         download = self._await(flight, alive, remaining if wait_for_room else timeout)
         warnings: list[str] = []

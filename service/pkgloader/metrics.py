@@ -148,6 +148,11 @@ class Metrics(LoaderEvents):
             "Loads whose content did not match the expected sha256",
             registry=r,
         )
+        self.temp_removed = Counter(
+            "pkgloader_temp_files_removed",
+            "Files removed from the cache's __temp__/ as left by dead writers (any program's)",
+            registry=r,
+        )
         self.rpc_seconds = Histogram(
             "pkgloader_rpc_duration_seconds",
             "RPC latency by method and status code",

@@ -261,6 +261,12 @@ class Settings:
         "colon-separated folders of <namespace>--<name>@<version>.webc files Resolve reads "
         "(they must lie under PKGLOADER_FILE_ROOTS)",
     )
+    temp_max_age: float = _setting(
+        3600.0,
+        parse_seconds,
+        "seconds after which a file in the cache's __temp__/ that no live writer holds is removed "
+        "(any writer's, the wasmer CLI's too); checked at start-up and every quarter of it",
+    )
     tokens: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     auth_tokens: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 

@@ -137,7 +137,13 @@ def test_cache_commands_table_and_json(server: Running) -> None:
     evicted = json.loads(
         cli("evict", HELLO.sha256, "--delete-files", "--json", server=server.address).stdout
     )
-    assert evicted == {"evicted": [HELLO.sha256], "deleted": [HELLO.sha256]}
+    assert evicted == {
+        "evicted": [HELLO.sha256],
+        "deleted": [HELLO.sha256],
+        "evicted_count": 1,
+        "deleted_count": 1,
+        "truncated": False,
+    }
     validate = cli("validate", "--deep", server=server.address)
     assert validate.returncode == 0
     assert "checked 0 files" in validate.stdout

@@ -29,7 +29,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from pkgloader_client import PackageLoaderServiceStub, pb
 
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, wait_until
 
 ENTRY = re.compile(r"^[0-9a-f]{64}\.bin$")
 #: Longer variants of the fault tests: PKGLOADER_SOAK=1.
@@ -168,17 +168,6 @@ def reset_peak_rss(pid: int) -> None:
     """Start a new VmHWM measurement (Linux ≥ 4.0: write 5 to clear_refs)."""
     with contextlib.suppress(OSError):
         Path(f"/proc/{pid}/clear_refs").write_text("5")
-
-
-def wait_until(check: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    """Poll `check` until it holds or `timeout` seconds pass. Returns the last result."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
 
 
 # -- a misbehaving upstream -----------------------------------------------------------------------
@@ -405,24 +394,25 @@ def serve(tmp: Path, log_name: str = "serve.log", **settings: object) -> Served:
             stderr=sink,
             start_new_session=True,
         )
-    deadline = time.monotonic() + 30
-    port = 0
-    while not port:
-        if fixed:
-            port = fixed
-            break
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            process.wait(10)
-            raise AssertionError(f"pkgloader serve did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.02)
+    found = [fixed]
+
+    def serving() -> bool:  # or dead: no use waiting any longer
+        if found[0] or process.poll() is not None:
+            return True
         with log.open("rb") as handle:
-            handle.seek(0)
             for line in handle.read().splitlines():
                 with contextlib.suppress(ValueError):
                     entry = json.loads(line)
                     if entry.get("msg") == "serving":
-                        port = int(entry["port"])
+                        found[0] = int(entry["port"])
+        return bool(found[0])
+
+    wait_until(serving, 30, step=0.02)
+    if not found[0] or (process.poll() is not None and not fixed):
+        process.kill()
+        process.wait(10)
+        raise AssertionError(f"pkgloader serve did not start:\n{log.read_text()[-3000:]}")
+    port = found[0]
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     grpc.channel_ready_future(channel).result(timeout=20)
     return Served(process, port, log, channel, PackageLoaderServiceStub(channel))

@@ -44,8 +44,26 @@ FUZZ = settings(
     database=None,
 )
 NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
-#: (RPC, status code) → how many requests ended so, for docs/reliability.md (printed with -s).
+#: (RPC, status code) → how many requests ended so, for docs/reliability.md (printed with -s
+#: when the module's server stops).
 SENT: dict[tuple[str, str], int] = {}
+
+
+def outcomes(name: str, before: dict[tuple[str, str], int]) -> dict[str, int]:
+    """Status code → requests of RPC `name` since the `before` copy of SENT."""
+    return {
+        code: count - before.get((rpc, code), 0)
+        for (rpc, code), count in SENT.items()
+        if rpc == name and count > before.get((rpc, code), 0)
+    }
+
+
+def assert_both_paths(name: str, before: dict[tuple[str, str], int]) -> None:
+    """The fuzzer reached the success path and at least one error path of `name`: a fuzz run
+    whose inputs were all refused up front (or all accepted) would prove little."""
+    seen = outcomes(name, before)
+    assert seen.get("OK", 0) > 0, seen
+    assert sum(n for code, n in seen.items() if code != "OK") > 0, seen
 
 
 class World:
@@ -133,6 +151,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield w
     finally:
         w.close()
+        for (name, code), count in sorted(SENT.items()):
+            print(f"fuzzed {name:14} {code:20} {count}")
+        print("fuzzed total", sum(SENT.values()))
 
 
 @pytest.fixture(autouse=True)
@@ -290,6 +311,7 @@ def load_requests(draw: st.DrawFn, world: World) -> pb.LoadRequest:
 
 def test_fuzzed_load_requests(world: World) -> None:
     """Load: any hash, URL, size, policy, id: a mapped error or a correct package, never more."""
+    before = dict(SENT)
 
     @FUZZ
     @given(st.data())
@@ -305,10 +327,12 @@ def test_fuzzed_load_requests(world: World) -> None:
                 assert package.cache_path == f"{package.webc_sha256}.bin"
 
     run()
+    assert_both_paths("Load", before)
 
 
 def test_fuzzed_retain_requests(world: World) -> None:
     """Retain: any lists, durations, sizes: mapped errors only; only entries ever removed."""
+    before = dict(SENT)
 
     @FUZZ
     @given(
@@ -332,10 +356,12 @@ def test_fuzzed_retain_requests(world: World) -> None:
             world.server.load(HELLO.url, HELLO.sha256)
 
     run()
+    assert_both_paths("Retain", before)
 
 
 def test_fuzzed_evict_requests(world: World) -> None:
     """Evict: any hash lists and scope values: mapped errors only."""
+    before = dict(SENT)
 
     @FUZZ
     @given(hashes=hash_lists, scope=ENUMS, reload=st.booleans())
@@ -345,11 +371,13 @@ def test_fuzzed_evict_requests(world: World) -> None:
             world.server.load(STATIC.url, STATIC.sha256)
 
     run()
+    assert_both_paths("Evict", before)
 
 
 def test_fuzzed_scan_and_validate_requests(world: World) -> None:
     """Scan (any batch size) and ValidateCache (any mode, deep or not): mapped errors only."""
     (world.cache / ("AB" * 32 + ".bin")).write_bytes(b"liar")  # something to find and prune
+    before = dict(SENT)
 
     @settings(FUZZ, max_examples=max(EXAMPLES // 4, 50))
     @given(
@@ -360,7 +388,7 @@ def test_fuzzed_scan_and_validate_requests(world: World) -> None:
     def run(batch, mode, deep) -> None:
         scanned = call("Scan", world.server.stub.Scan, pb.ScanRequest(batch_size=batch))
         if isinstance(scanned, list):
-            assert all(0 < len(r.entries) <= (batch or 1000) for r in scanned)
+            assert all(0 < len(r.entries) <= min(batch or 1000, 10_000) for r in scanned)
         call(
             "ValidateCache",
             world.server.stub.ValidateCache,
@@ -369,6 +397,8 @@ def test_fuzzed_scan_and_validate_requests(world: World) -> None:
 
     run()
     (world.cache / ("AB" * 32 + ".bin")).unlink(missing_ok=True)
+    assert outcomes("Scan", before).get("OK", 0) > 0  # every batch size is valid
+    assert_both_paths("ValidateCache", before)
 
 
 def test_hash_lists_beyond_the_limit_are_refused(world: World) -> None:
@@ -388,10 +418,3 @@ def test_hash_lists_beyond_the_limit_are_refused(world: World) -> None:
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             assert str(MAX_LIST) in caught.value.details()
     assert len(assert_cache_sound(world.cache)) > 0  # keep-list refused: nothing was removed
-
-
-def test_report_counts() -> None:
-    """Prints how many requests the fuzz tests sent (run with -s for docs/reliability.md)."""
-    for (name, code), count in sorted(SENT.items()):
-        print(f"fuzzed {name:14} {code:20} {count}")
-    print("fuzzed total", sum(SENT.values()))

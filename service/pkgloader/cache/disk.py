@@ -12,6 +12,11 @@ folder safe to share between processes and replicas:
   mapped file truncated under its reader (NFS, another replica, an operator) raises SIGBUS and
   kills the process, while a read only comes back short. A concurrent delete (Retain, Evict,
   prune) unlinks the name only, so a read in progress completes.
+- Retain and prune decide on a snapshot (a listing, a hash) and delete later: they delete a name
+  only while it still refers to the very file they judged (`remove_unchanged`), so a good file
+  republished (or used) in between stays.
+- Anything in `__temp__/` that no live writer holds and that has not changed for a while (an
+  hour by default) is removed, whoever left it: the wasmer CLI's crashed `.tmpXXXXXX` files too.
 - A download of one package by several replicas at once is avoided by a lease file per package
   in `__temp__/` (see `lease.py`): one replica downloads, the others wait for its file.
 - Last use is the file's mtime, renewed on a hit only when older than `touch_interval`: not a
@@ -31,6 +36,7 @@ import stat
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +57,32 @@ _ENTRY = re.compile(r"^[0-9a-f]{64}\.bin$")
 _ANY_CASE_ENTRY = re.compile(r"^[0-9a-fA-F]{64}\.bin$")
 
 
+_ASIDE = ".removing"  # the suffix of a file `remove_unchanged` moved aside into `__temp__/`
+# Bookkeeping of ours in `__temp__/` that is old by design (the size limit's last-run marker).
+_TEMP_KEEP = frozenset({"size-limit.last"})
+
+
+@dataclass(frozen=True, slots=True)
+class FileId:
+    """Which file a name referred to when it was looked at. A file republished under the name is
+    another inode; one touched since (a use renews the mtime) has another mtime."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileId:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def same_file(self, other: FileId, *, used: bool = True) -> bool:
+        """Whether `other` is this file; with `used`, also unused since (the same mtime)."""
+        if used:
+            return self == other
+        return (self.device, self.inode, self.size) == (other.device, other.inode, other.size)
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """A package file in the cache."""
@@ -59,6 +91,7 @@ class Entry:
     size: int
     last_used: float  # seconds since the epoch
     name: str
+    file_id: FileId | None = None  # as listed; None when not known
 
 
 class DiskCache:
@@ -72,6 +105,10 @@ class DiskCache:
         self.touch_interval = touch_interval
         self.root.mkdir(parents=True, exist_ok=True)
         self.temp.mkdir(exist_ok=True)
+        # This process's spools: a POSIX lock does not conflict with its own process, so the
+        # temp sweep must know them by name (and never open them: closing any descriptor of a
+        # file drops the process's lock on it).
+        self._spools: weakref.WeakSet[Spool] = weakref.WeakSet()
 
     @staticmethod
     def name(h: WebcHash) -> str:
@@ -168,7 +205,9 @@ class DiskCache:
                 raise CacheFull("no space left on the cache volume") from None
             raise
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return Spool(fd, path, max_bytes)
+        spool = Spool(fd, path, max_bytes)
+        self._spools.add(spool)
+        return spool
 
     def publish(self, spool: Spool, h: WebcHash, *, size: int | None = None) -> str | None:
         """Move a finished spool to its final name. Returns the name, or None when a folder
@@ -274,13 +313,52 @@ class DiskCache:
                 with self._lease_lock:
                     self.lease_waiters -= 1
 
-    def clean_temp(self, lease_ttl: float = 30.0) -> int:
-        """Remove temp files and leases left by dead processes. Returns how many were removed.
+    def clean_temp(self, lease_ttl: float = 30.0, max_age: float | None = None) -> int:
+        """At start-up: remove temp files and leases left by dead processes, and, with
+        `max_age`, whatever else `remove_stale_temp` removes. Returns how many were removed.
 
         A temp file is dead when its lock can be taken. A lease is dead when it is stale, or
         when it names this host and a process that is gone (or this very process, which has
         only just started): a container restarted in place reuses its host name and PID.
         """
+        removed = self._clean_own_temp(lease_ttl)
+        if max_age is not None:
+            removed += self.remove_stale_temp(max_age)
+        return removed
+
+    def remove_stale_temp(self, max_age: float) -> int:
+        """Remove every file in `__temp__/` that has not changed for `max_age` seconds and that
+        no live writer holds, whoever wrote it (the wasmer CLI's crashed `.tmpXXXXXX` files, our
+        own). Safe while this process runs: its own spools are never touched. Folders are left
+        alone. Returns how many were removed."""
+        try:
+            names = os.listdir(self.temp)
+        except FileNotFoundError:
+            return 0
+        ours = {spool.path.name for spool in list(self._spools) if spool.path is not None}
+        now = time.time()
+        removed = 0
+        for name in names:
+            if name in ours or name in _TEMP_KEEP:
+                continue
+            path = self.temp / name
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            # A live writer renews the mtime as it writes (a lease holder every ttl/3).
+            if stat.S_ISDIR(st.st_mode) or now - st.st_mtime <= max_age:
+                continue
+            if stat.S_ISREG(st.st_mode) and _locked_by_another(path):
+                continue
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            removed += 1
+        return removed
+
+    def _clean_own_temp(self, lease_ttl: float) -> int:
         try:
             names = os.listdir(self.temp)
         except FileNotFoundError:
@@ -288,6 +366,12 @@ class DiskCache:
         removed = sum(
             stale_lease(self.temp / name, lease_ttl) for name in names if name.endswith(".lease")
         )
+        # Files moved aside by a removal (`remove_unchanged`) that a crash cut short: doomed
+        # files, or (rarely) one that was about to be put back; either way only a cache miss.
+        for name in (n for n in names if n.endswith(_ASIDE)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.temp / name)
+                removed += 1
         for name in (n for n in names if n.endswith(".part")):
             path = self.temp / name
             try:
@@ -321,7 +405,9 @@ class DiskCache:
                 except FileNotFoundError:
                     continue
                 if stat.S_ISREG(st.st_mode):
-                    yield Entry(WebcHash(item.name[:64]), st.st_size, st.st_mtime, item.name)
+                    yield Entry(
+                        WebcHash(item.name[:64]), st.st_size, st.st_mtime, item.name, FileId.of(st)
+                    )
 
     def remove(self, h: WebcHash) -> bool:
         """Delete the file for `h`. True if this call deleted it."""
@@ -341,17 +427,66 @@ class DiskCache:
             return False
         return True
 
-    def validation_candidates(self) -> list[tuple[str, int]]:
-        """(name, size) of every file ValidateCache checks: `<64 hex, any case>.bin`."""
+    def validation_candidates(self) -> list[tuple[str, FileId]]:
+        """(name, identity) of every file ValidateCache checks: `<64 hex, any case>.bin`."""
         found = []
         with os.scandir(self.root) as it:
             for item in it:
                 if _ANY_CASE_ENTRY.match(item.name) and item.is_file(follow_symlinks=False):
                     try:
-                        found.append((item.name, item.stat(follow_symlinks=False).st_size))
+                        found.append((item.name, FileId.of(item.stat(follow_symlinks=False))))
                     except FileNotFoundError:
                         continue
         return found
+
+    def remove_unchanged(self, name: str, seen: FileId, *, unused: bool = True) -> bool:
+        """Delete the cache file `name` only if it is still the file `seen` describes (the one
+        that was listed or hashed) and, with `unused`, has not been used since (its mtime is
+        the last use). True if this call deleted it.
+
+        The name is moved aside into `__temp__/` first, with one atomic rename, and checked
+        there: a file published under the name between the check and the unlink can then never
+        be the one unlinked. A file that turns out to be another one is put back.
+        """
+        if not _ANY_CASE_ENTRY.match(name):
+            raise ValueError(f"not a cache file name: {name!r}")
+        path = self.root / name
+        try:
+            if not seen.same_file(FileId.of(os.lstat(path)), used=unused):
+                return False
+        except FileNotFoundError:
+            return False
+        aside = self.temp / f"{name}.{uuid.uuid4().hex}{_ASIDE}"
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            if self.temp.is_dir():
+                return False  # the name went meanwhile
+            self.temp.mkdir(exist_ok=True)  # removed from under us (by an operator): recreate
+            try:
+                os.rename(path, aside)
+            except FileNotFoundError:
+                return False
+        try:
+            moved = FileId.of(os.lstat(aside))
+        except FileNotFoundError:
+            return False
+        if seen.same_file(moved, used=unused):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(aside)
+            return True
+        # Published in the instant between our check and the rename: verified, so it goes back,
+        # unless an even newer one took the name meanwhile.
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+        except OSError:  # no hard links on this filesystem, or not a regular file
+            with contextlib.suppress(OSError):
+                os.rename(aside, path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(aside)
+        return False
 
     def hash_file(self, name: str) -> str | None:
         """sha256 hex of a cache file, or None if it vanished or shrank while it was hashed."""
@@ -387,6 +522,24 @@ def _job(job: str) -> str:
     if not re.fullmatch(r"[a-z][a-z0-9-]*", job):
         raise ValueError(f"not a job name: {job!r}")
     return job
+
+
+def _locked_by_another(path: Path) -> bool:
+    """Whether another process holds a POSIX lock on `path` (as our spools' writers do). A read
+    lock is enough to test, so files of another user we may only read are tested too."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cannot even look: leave it
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _fsync_dir(path: Path) -> None:

@@ -141,10 +141,16 @@ def stale_lease(path: Path, ttl: float) -> bool:
     """Remove the lease at `path` if its holder is certainly dead; True if removed."""
     try:
         st = os.stat(path)
-        holder = json.loads(path.read_bytes() or b"{}")
-    except (OSError, ValueError):
+        holder = _holder(path)
+        if holder is None:
+            # No holder record: its creator was killed between creating the file and writing
+            # the record, or is between the two right now (microseconds). Give it a moment.
+            time.sleep(0.1)
+            holder = _holder(path)
+    except OSError:
         return False
-    dead = time.time() - st.st_mtime > ttl
+    dead = holder is None or time.time() - st.st_mtime > ttl
+    holder = holder or {}
     if not dead and holder.get("host") == socket.gethostname():
         pid = holder.get("pid")
         dead = pid == os.getpid() or (isinstance(pid, int) and not _alive(pid))
@@ -152,6 +158,15 @@ def stale_lease(path: Path, ttl: float) -> bool:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
     return dead
+
+
+def _holder(path: Path) -> dict[str, object] | None:
+    """The holder record of a lease, or None when it has none (empty or torn)."""
+    try:
+        holder = json.loads(path.read_bytes())
+    except ValueError:
+        return None
+    return holder if isinstance(holder, dict) else None
 
 
 def _alive(pid: int) -> bool:

@@ -4,7 +4,8 @@ Tokens come from PKGLOADER_AUTH_TOKENS_FILE (JSON: token → role, `reader` or `
 as `authorization: Bearer <token>` metadata. Comparison is constant-time: the candidate's sha256
 is compared with every configured token's sha256, with no early exit, so neither the match nor
 the length of a token leaks through timing. Calls that change shared state need `admin`:
-Retain, Evict with EVICT_SCOPE_ALL, ValidateCache with CACHE_VALIDATION_PRUNE.
+Retain, Evict with EVICT_SCOPE_ALL, ValidateCache with CACHE_VALIDATION_PRUNE; so does the
+costliest, a `deep` ValidateCache (a rehash and a full parse of every cached package).
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ _PREFIX = "/pkgloader.v1.PackageLoaderService/"
 ADMIN_ONLY: dict[str, Callable[[Any], bool]] = {
     _PREFIX + "Retain": lambda request: True,
     _PREFIX + "Evict": lambda request: request.scope == pb.EVICT_SCOPE_ALL,
-    _PREFIX + "ValidateCache": lambda request: request.mode == pb.CACHE_VALIDATION_PRUNE,
+    # `deep` parses every package on top of the rehash: too costly to leave to any reader.
+    _PREFIX + "ValidateCache": lambda request: (
+        request.mode == pb.CACHE_VALIDATION_PRUNE or request.deep
+    ),
 }
 
 

@@ -24,7 +24,7 @@ import grpc
 from pkgloader_client import SERVICE_NAME
 
 from pkgloader import logs
-from pkgloader.errors import PkgloaderError, SendStalled, TooManyStreams
+from pkgloader.errors import PkgloaderError, ResourceExhausted, SendStalled, TooManyStreams
 from pkgloader.rpc.auth import TokenAuth
 from pkgloader.rpc.status import code_for, internal_status, to_status
 
@@ -34,6 +34,9 @@ log = logging.getLogger("pkgloader.access")
 # os.urandom call on every RPC; these only need to be unique, not unguessable).
 _PROCESS_ID = uuid.uuid4().hex[:12]
 _SEQUENCE = itertools.count(1)
+
+#: The server's grpc.max_send_message_length (app.SERVER_OPTIONS; a test keeps the two equal).
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 
 #: Called once per finished RPC with (method, code name, seconds, the servicer's log fields).
 Observer = Callable[[str, str, float, dict[str, Any]], None]
@@ -123,23 +126,23 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         ):
             return self._wrap_non_blocking(handler, method)
         if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
+            inner_uu, serialize = handler.unary_unary, handler.response_serializer
 
             def unary(request: Any, context: grpc.ServicerContext) -> Any:
                 call = self._begin(context)
                 started, code = time.perf_counter(), "OK"
                 try:
                     self._authorize(method, call, request)
-                    return inner_uu(request, context)
+                    # Serialized here, not by grpc after we return: a response that cannot be
+                    # serialized, or is over the send limit, then fails where it is logged.
+                    return _serialized(inner_uu(request, context), serialize)
                 except Exception as exc:
                     code = self._fail(exc, context, method, call)
                     raise
                 finally:
                     self._end(method, code, started, call)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
-            )
+            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, None)
         if handler.unary_stream is not None or handler.stream_stream is not None:
             # Server streams (Load, Scan, health Watch) and bidi streams (reflection) alike.
             bidi = handler.stream_stream is not None
@@ -396,3 +399,14 @@ class SendWatchdog:
                     "client stopped reading); the server cancelled the call"
                 )
                 entry.context.cancel()  # type: ignore[no-untyped-call]
+
+
+def _serialized(response: Any, serialize: Callable[[Any], bytes] | None) -> bytes:
+    data = response if serialize is None else serialize(response)
+    if len(data) > MAX_RESPONSE_BYTES:
+        raise ResourceExhausted(
+            f"the response ({len(data)} bytes) is larger than the server's send limit "
+            f"({MAX_RESPONSE_BYTES} bytes)",
+            limit=str(MAX_RESPONSE_BYTES),
+        )
+    return bytes(data)

@@ -36,6 +36,14 @@ from pkgloader.tree import PackageTree, TreeLoader, TreeRoot, atom_chunks
 
 CHUNK = 1024 * 1024  # the contract: content chunks of at most 1 MiB
 SCAN_BATCH = 1000
+# Every response stays far below 4 MiB, the receive limit gRPC clients (Go, Node, Java, Python)
+# have by default, whatever the cache holds: a CacheEntry is at most ~170 bytes, a HashMismatch
+# ~220, a hash 66; lists are cut and counted in full beside them.
+MAX_SCAN_BATCH = 10_000  # ~1.7 MiB per Scan message at most
+MAX_EVICT_LIST = 10_000  # hashes per Evict response list, ~660 KiB each
+MAX_PROBLEMS = 10  # problems listed per invalid package ...
+MAX_PROBLEM_CHARS = 1000  # ... each cut to this many characters
+INVALID_BUDGET = 1024 * 1024  # serialized bytes of InvalidPackage items per response
 MAX_LIST = 100_000  # hashes per Retain/Evict list; far beyond a real cache, bounds the work
 
 _POLICIES = {
@@ -112,6 +120,22 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
             "mode",
         )
         report = self._maintenance.validate(prune=bool(mode), deep=request.deep)
+        invalid: list[pb.InvalidPackage] = []
+        budget = INVALID_BUDGET
+        for b in report.invalid:
+            item = pb.InvalidPackage(
+                source=b.name,
+                webc_sha256=b.sha256,
+                problems=[p[:MAX_PROBLEM_CHARS] for p in b.problems[:MAX_PROBLEMS]],
+                pruned=b.pruned,
+                problem_count=len(b.problems),
+            )
+            budget -= item.ByteSize()
+            if budget < 0:
+                break
+            invalid.append(item)
+        log = _log_fields(context)
+        log.update(mismatches=report.mismatch_count, invalid_packages=report.invalid_count)
         return pb.ValidateCacheResponse(
             mismatches=[
                 pb.HashMismatch(
@@ -122,20 +146,21 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
                 )
                 for m in report.mismatches
             ],
-            invalid_packages=[
-                pb.InvalidPackage(
-                    source=b.name, webc_sha256=b.sha256, problems=b.problems, pruned=b.pruned
-                )
-                for b in report.invalid
-            ],
+            invalid_packages=invalid,
             checked_files=report.checked_files,
             checked_bytes=report.checked_bytes,
+            mismatch_count=report.mismatch_count,
+            invalid_package_count=report.invalid_count,
+            truncated=(
+                len(report.mismatches) < report.mismatch_count
+                or len(invalid) < report.invalid_count
+            ),
         )
 
     def Scan(
         self, request: pb.ScanRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ScanResponse]:
-        size = request.batch_size or SCAN_BATCH
+        size = min(request.batch_size or SCAN_BATCH, MAX_SCAN_BATCH)
         batch: list[pb.CacheEntry] = []
         for entry in self._maintenance.scan():
             batch.append(self._entry(entry))
@@ -162,11 +187,14 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
                 dry_run=request.dry_run,
             )
         )
+        _log_fields(context)["removed_files"] = outcome.removed_files
         return pb.RetainResponse(
             removed=[self._entry(e) for e in outcome.removed],
             kept_files=outcome.kept_files,
             kept_bytes=outcome.kept_bytes,
             removed_bytes=outcome.removed_bytes,
+            removed_files=outcome.removed_files,
+            truncated=outcome.truncated,
         )
 
     def Evict(self, request: pb.EvictRequest, context: grpc.ServicerContext) -> pb.EvictResponse:
@@ -181,7 +209,13 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
         )
         hashes = [WebcHash(h) for h in sorted(_hashes(request.webc_sha256, "webc_sha256"))]
         evicted, deleted = self._maintenance.evict(hashes, delete=bool(delete))
-        return pb.EvictResponse(evicted=evicted, deleted=deleted)
+        return pb.EvictResponse(
+            evicted=evicted[:MAX_EVICT_LIST],
+            deleted=deleted[:MAX_EVICT_LIST],
+            evicted_count=len(evicted),
+            deleted_count=len(deleted),
+            truncated=max(len(evicted), len(deleted)) > MAX_EVICT_LIST,
+        )
 
     def Resolve(
         self, request: pb.ResolveRequest, context: grpc.ServicerContext

@@ -585,7 +585,7 @@ class ValidateCacheRequest(_message.Message):
     mode: Global___CacheValidation.ValueType
     """What to do with mismatching files."""
     deep: _builtins.bool
-    """Also parse each package and check its internal hashes and signatures."""
+    """Also parse each package and check its internal hashes and signatures. With auth on, admin only."""
     def __init__(
         self,
         *,
@@ -644,15 +644,18 @@ class InvalidPackage(_message.Message):
     WEBC_SHA256_FIELD_NUMBER: _builtins.int
     PROBLEMS_FIELD_NUMBER: _builtins.int
     PRUNED_FIELD_NUMBER: _builtins.int
+    PROBLEM_COUNT_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     """The file's path relative to the cache root."""
     webc_sha256: _builtins.str
     """The file's sha256, lowercase hex."""
     pruned: _builtins.bool
     """Whether it was deleted."""
+    problem_count: _builtins.int
+    """How many problems were found (`problems` may list fewer)."""
     @_builtins.property
     def problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """One message per problem found."""
+        """One message per problem found: the first 10, each cut to 1000 characters."""
 
     def __init__(
         self,
@@ -661,10 +664,11 @@ class InvalidPackage(_message.Message):
         webc_sha256: _builtins.str = ...,
         problems: _abc.Iterable[_builtins.str] | None = ...,
         pruned: _builtins.bool = ...,
+        problem_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["problems", b"problems", "pruned", b"pruned", "source", b"source", "webc_sha256", b"webc_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["problem_count", b"problem_count", "problems", b"problems", "pruned", b"pruned", "source", b"source", "webc_sha256", b"webc_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -680,10 +684,21 @@ class ValidateCacheResponse(_message.Message):
     CHECKED_FILES_FIELD_NUMBER: _builtins.int
     CHECKED_BYTES_FIELD_NUMBER: _builtins.int
     INVALID_PACKAGES_FIELD_NUMBER: _builtins.int
+    MISMATCH_COUNT_FIELD_NUMBER: _builtins.int
+    INVALID_PACKAGE_COUNT_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
     checked_files: _builtins.int
     """How many cache files were checked."""
     checked_bytes: _builtins.int
     """How many bytes were hashed."""
+    mismatch_count: _builtins.int
+    """How many files did not match their name (`mismatches` lists at most the first 1000)."""
+    invalid_package_count: _builtins.int
+    """How many files failed deep validation (`invalid_packages` lists at most the first 1000)."""
+    truncated: _builtins.bool
+    """Whether `mismatches` or `invalid_packages` lists fewer files than the counts (the response is
+    kept well under 4 MiB, the default receive limit of gRPC clients).
+    """
     @_builtins.property
     def mismatches(self) -> _containers.RepeatedCompositeFieldContainer[Global___HashMismatch]:
         """Files whose content does not match their name."""
@@ -699,10 +714,13 @@ class ValidateCacheResponse(_message.Message):
         checked_files: _builtins.int = ...,
         checked_bytes: _builtins.int = ...,
         invalid_packages: _abc.Iterable[Global___InvalidPackage] | None = ...,
+        mismatch_count: _builtins.int = ...,
+        invalid_package_count: _builtins.int = ...,
+        truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checked_bytes", b"checked_bytes", "checked_files", b"checked_files", "invalid_packages", b"invalid_packages", "mismatches", b"mismatches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checked_bytes", b"checked_bytes", "checked_files", b"checked_files", "invalid_package_count", b"invalid_package_count", "invalid_packages", b"invalid_packages", "mismatch_count", b"mismatch_count", "mismatches", b"mismatches", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -716,7 +734,9 @@ class ScanRequest(_message.Message):
 
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     batch_size: _builtins.int
-    """Entries per response message; 0 means the server's default (1000)."""
+    """Entries per response message; 0 means the server's default (1000). Larger values than 10000 are
+    taken as 10000, so that every message stays well under 4 MiB.
+    """
     def __init__(
         self,
         *,
@@ -852,15 +872,23 @@ class RetainResponse(_message.Message):
     KEPT_FILES_FIELD_NUMBER: _builtins.int
     KEPT_BYTES_FIELD_NUMBER: _builtins.int
     REMOVED_BYTES_FIELD_NUMBER: _builtins.int
+    REMOVED_FILES_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
     kept_files: _builtins.int
     """How many entries remain."""
     kept_bytes: _builtins.int
     """Their total size in bytes."""
     removed_bytes: _builtins.int
     """The total size of the removed entries in bytes."""
+    removed_files: _builtins.int
+    """How many entries were removed (or, with dry_run, would be)."""
+    truncated: _builtins.bool
+    """Whether `removed` lists fewer entries than `removed_files`."""
     @_builtins.property
     def removed(self) -> _containers.RepeatedCompositeFieldContainer[Global___CacheEntry]:
-        """The entries removed (or, with dry_run, that would be)."""
+        """The entries removed (or, with dry_run, that would be): at most the first 1000, most recently
+        used first; `removed_files` counts them all.
+        """
 
     def __init__(
         self,
@@ -869,10 +897,12 @@ class RetainResponse(_message.Message):
         kept_files: _builtins.int = ...,
         kept_bytes: _builtins.int = ...,
         removed_bytes: _builtins.int = ...,
+        removed_files: _builtins.int = ...,
+        truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kept_bytes", b"kept_bytes", "kept_files", b"kept_files", "removed", b"removed", "removed_bytes", b"removed_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kept_bytes", b"kept_bytes", "kept_files", b"kept_files", "removed", b"removed", "removed_bytes", b"removed_bytes", "removed_files", b"removed_files", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -914,6 +944,15 @@ class EvictResponse(_message.Message):
 
     EVICTED_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
+    EVICTED_COUNT_FIELD_NUMBER: _builtins.int
+    DELETED_COUNT_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    evicted_count: _builtins.int
+    """How many hashes were in the memory cache (`evicted` lists at most the first 10000)."""
+    deleted_count: _builtins.int
+    """How many disk files were deleted (`deleted` lists at most the first 10000)."""
+    truncated: _builtins.bool
+    """Whether `evicted` or `deleted` lists fewer hashes than the counts."""
     @_builtins.property
     def evicted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The hashes that were in the memory cache."""
@@ -927,10 +966,13 @@ class EvictResponse(_message.Message):
         *,
         evicted: _abc.Iterable[_builtins.str] | None = ...,
         deleted: _abc.Iterable[_builtins.str] | None = ...,
+        evicted_count: _builtins.int = ...,
+        deleted_count: _builtins.int = ...,
+        truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "evicted", b"evicted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "deleted_count", b"deleted_count", "evicted", b"evicted", "evicted_count", b"evicted_count", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

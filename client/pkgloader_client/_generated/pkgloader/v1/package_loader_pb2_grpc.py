@@ -109,7 +109,10 @@ class PackageLoaderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ValidateCache(self, request, context):
-        """Re-hashes every cache file and compares the result with the file's name.
+        """Re-hashes every cache file and compares the result with the file's name. One validation runs at
+        a time per replica: another one started meanwhile gets RESOURCE_EXHAUSTED. With auth on, `deep`
+        (a rehash and a full parse of every package) and CACHE_VALIDATION_PRUNE need the admin role.
+        The response lists at most the first 1000 files of each kind (see `truncated`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,14 +126,16 @@ class PackageLoaderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Retain(self, request, context):
-        """Removes cache files by declarative criteria; empty criteria impose nothing.
+        """Removes cache files by declarative criteria; empty criteria impose nothing. The response lists at
+        most the first 1000 removed entries, with the full counts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Evict(self, request, context):
-        """Drops packages from the memory cache, and optionally deletes their disk files.
+        """Drops packages from the memory cache, and optionally deletes their disk files. The response lists
+        at most the first 10000 hashes of each kind, with the full counts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

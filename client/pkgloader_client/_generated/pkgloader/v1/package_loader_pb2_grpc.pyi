@@ -46,13 +46,21 @@ class PackageLoaderServiceStub:
     as `chunk` items of at most 1 MiB each.
     """
     ValidateCache: _grpc.UnaryUnaryMultiCallable[_package_loader_pb2.ValidateCacheRequest, _package_loader_pb2.ValidateCacheResponse]
-    """Re-hashes every cache file and compares the result with the file's name."""
+    """Re-hashes every cache file and compares the result with the file's name. One validation runs at
+    a time per replica: another one started meanwhile gets RESOURCE_EXHAUSTED. With auth on, `deep`
+    (a rehash and a full parse of every package) and CACHE_VALIDATION_PRUNE need the admin role.
+    The response lists at most the first 1000 files of each kind (see `truncated`).
+    """
     Scan: _grpc.UnaryStreamMultiCallable[_package_loader_pb2.ScanRequest, _package_loader_pb2.ScanResponse]
     """Lists every cache file, in batches."""
     Retain: _grpc.UnaryUnaryMultiCallable[_package_loader_pb2.RetainRequest, _package_loader_pb2.RetainResponse]
-    """Removes cache files by declarative criteria; empty criteria impose nothing."""
+    """Removes cache files by declarative criteria; empty criteria impose nothing. The response lists at
+    most the first 1000 removed entries, with the full counts.
+    """
     Evict: _grpc.UnaryUnaryMultiCallable[_package_loader_pb2.EvictRequest, _package_loader_pb2.EvictResponse]
-    """Drops packages from the memory cache, and optionally deletes their disk files."""
+    """Drops packages from the memory cache, and optionally deletes their disk files. The response lists
+    at most the first 10000 hashes of each kind, with the full counts.
+    """
     GetAtom: _grpc.UnaryStreamMultiCallable[_package_loader_pb2.GetAtomRequest, _package_loader_pb2.GetAtomResponse]
     """Streams one atom of a loaded package: first one `info` (its sha256 computed from the bytes and,
     when the manifest signs the atom, checked against that signature: a mismatch is DATA_LOSS and
@@ -121,13 +129,21 @@ class PackageLoaderServiceAsyncStub(PackageLoaderServiceStub):
     as `chunk` items of at most 1 MiB each.
     """
     ValidateCache: _aio.UnaryUnaryMultiCallable[_package_loader_pb2.ValidateCacheRequest, _package_loader_pb2.ValidateCacheResponse]  # type: ignore[assignment]
-    """Re-hashes every cache file and compares the result with the file's name."""
+    """Re-hashes every cache file and compares the result with the file's name. One validation runs at
+    a time per replica: another one started meanwhile gets RESOURCE_EXHAUSTED. With auth on, `deep`
+    (a rehash and a full parse of every package) and CACHE_VALIDATION_PRUNE need the admin role.
+    The response lists at most the first 1000 files of each kind (see `truncated`).
+    """
     Scan: _aio.UnaryStreamMultiCallable[_package_loader_pb2.ScanRequest, _package_loader_pb2.ScanResponse]  # type: ignore[assignment]
     """Lists every cache file, in batches."""
     Retain: _aio.UnaryUnaryMultiCallable[_package_loader_pb2.RetainRequest, _package_loader_pb2.RetainResponse]  # type: ignore[assignment]
-    """Removes cache files by declarative criteria; empty criteria impose nothing."""
+    """Removes cache files by declarative criteria; empty criteria impose nothing. The response lists at
+    most the first 1000 removed entries, with the full counts.
+    """
     Evict: _aio.UnaryUnaryMultiCallable[_package_loader_pb2.EvictRequest, _package_loader_pb2.EvictResponse]  # type: ignore[assignment]
-    """Drops packages from the memory cache, and optionally deletes their disk files."""
+    """Drops packages from the memory cache, and optionally deletes their disk files. The response lists
+    at most the first 10000 hashes of each kind, with the full counts.
+    """
     GetAtom: _aio.UnaryStreamMultiCallable[_package_loader_pb2.GetAtomRequest, _package_loader_pb2.GetAtomResponse]  # type: ignore[assignment]
     """Streams one atom of a loaded package: first one `info` (its sha256 computed from the bytes and,
     when the manifest signs the atom, checked against that signature: a mismatch is DATA_LOSS and
@@ -205,7 +221,11 @@ class PackageLoaderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _package_loader_pb2.ValidateCacheRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_package_loader_pb2.ValidateCacheResponse, _abc.Awaitable[_package_loader_pb2.ValidateCacheResponse]]:
-        """Re-hashes every cache file and compares the result with the file's name."""
+        """Re-hashes every cache file and compares the result with the file's name. One validation runs at
+        a time per replica: another one started meanwhile gets RESOURCE_EXHAUSTED. With auth on, `deep`
+        (a rehash and a full parse of every package) and CACHE_VALIDATION_PRUNE need the admin role.
+        The response lists at most the first 1000 files of each kind (see `truncated`).
+        """
 
     @_abc_1.abstractmethod
     def Scan(
@@ -221,7 +241,9 @@ class PackageLoaderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _package_loader_pb2.RetainRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_package_loader_pb2.RetainResponse, _abc.Awaitable[_package_loader_pb2.RetainResponse]]:
-        """Removes cache files by declarative criteria; empty criteria impose nothing."""
+        """Removes cache files by declarative criteria; empty criteria impose nothing. The response lists at
+        most the first 1000 removed entries, with the full counts.
+        """
 
     @_abc_1.abstractmethod
     def Evict(
@@ -229,7 +251,9 @@ class PackageLoaderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _package_loader_pb2.EvictRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_package_loader_pb2.EvictResponse, _abc.Awaitable[_package_loader_pb2.EvictResponse]]:
-        """Drops packages from the memory cache, and optionally deletes their disk files."""
+        """Drops packages from the memory cache, and optionally deletes their disk files. The response lists
+        at most the first 10000 hashes of each kind, with the full counts.
+        """
 
     @_abc_1.abstractmethod
     def GetAtom(
