@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+from pkgloader.formats import writer
 
 from bench._common import (
     LOAD,
@@ -24,7 +25,6 @@ from bench._common import (
     pkgloader_server,
     temp_dir,
 )
-from bench._packages import _write_v1
 from bench._report import Figure, Report
 
 TITLE = "Resolve (8-package folder tree) vs warm Load, 64 in flight"
@@ -40,11 +40,8 @@ def _tree(folder: Path) -> None:
         manifest = {"package": {"wapm": {"name": f"bench/p{i}", "version": "1.0.0"}}}
         if use:
             manifest["use"] = use
-        _write_v1(
-            folder / f"bench--p{i}@1.0.0.webc",
-            manifest,
-            [("main", len(WASM), lambda: iter([WASM]))],
-            b"",
+        (folder / f"bench--p{i}@1.0.0.webc").write_bytes(
+            writer.write_v1(manifest, {"main": WASM}, {})
         )
 
 
