@@ -54,7 +54,8 @@ monitoring-tools:
 		{ echo "install Debian's prometheus package for promtool and prometheus"; exit 1; }
 
 lint: $(STAMP)
-	$(BIN)/ruff check service client/pkgloader_client tests scripts
+	$(BIN)/ruff check service client/pkgloader_client tests scripts bench
+	$(BIN)/ruff format --check service client/pkgloader_client tests scripts bench
 	$(BIN)/mypy service/pkgloader
 	$(BIN)/mypy --strict client/pkgloader_client
 

@@ -40,8 +40,12 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes and durations")
     parser.add_argument("--no-buildgrid", action="store_true", help="skip the BuildGrid baselines")
     parser.add_argument("--out", type=Path, help="where to write the Markdown results")
@@ -50,15 +54,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
-        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+        parser.error(
+            f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}"
+        )
     names = [n for n in BENCHMARKS if n in args.names] or BENCHMARKS
     cfg = Config(quick=args.quick, buildgrid=not args.no_buildgrid, work=args.work.resolve())
     cfg.work.mkdir(parents=True, exist_ok=True)
     full = names == BENCHMARKS and not args.quick
     out = args.out or (REPO / "bench" / "RESULTS.md" if full else OUT / "RESULTS.md")
-    command = "make bench" if full else "python -m bench " + " ".join(
-        (["--quick"] if args.quick else []) + (["--no-buildgrid"] if args.no_buildgrid else [])
-        + list(args.names)
+    command = (
+        "make bench"
+        if full
+        else "python -m bench "
+        + " ".join(
+            (["--quick"] if args.quick else [])
+            + (["--no-buildgrid"] if args.no_buildgrid else [])
+            + list(args.names)
+        )
     )
     report = Report(command=command.strip(), quick=args.quick)
     modules = {name: importlib.import_module(f"bench.{name}") for name in BENCHMARKS}

@@ -58,9 +58,14 @@ def ensure(cfg: Config) -> tuple[Path | None, str]:
             return None, f"could not install {PACKAGE}: {detail.decode(errors='replace')[-500:]}"
     try:
         version = subprocess.run(
-            [str(root / "bin" / "python"), "-c",
-             "import importlib.metadata as m; print(m.version('buildgrid'))"],
-            check=True, capture_output=True, text=True,
+            [
+                str(root / "bin" / "python"),
+                "-c",
+                "import importlib.metadata as m; print(m.version('buildgrid'))",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
     except subprocess.CalledProcessError as exc:
         return None, f"{PACKAGE} is installed but does not import: {exc.stderr[-500:]}"

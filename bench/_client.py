@@ -109,8 +109,12 @@ async def stream(spec: dict[str, Any]) -> dict[str, Any]:
             t0 = time.perf_counter()
             total, first, second = await _one(call, request, False, spec.get("timeout", 600))
             runs.append(
-                {"seconds": time.perf_counter() - t0, "bytes": total, "first": first,
-                 "second": second}
+                {
+                    "seconds": time.perf_counter() - t0,
+                    "bytes": total,
+                    "first": first,
+                    "second": second,
+                }
             )
             if spec.get("between"):
                 between = base64.b64decode(spec["between"]["request"])
@@ -125,14 +129,20 @@ async def burst(spec: dict[str, Any]) -> dict[str, Any]:
         call = _callable(channel, spec)
         t0 = time.perf_counter()
         results = await asyncio.gather(
-            *(_one(call, request, False, spec.get("timeout", 600))
-              for _ in range(spec["concurrency"])),
+            *(
+                _one(call, request, False, spec.get("timeout", 600))
+                for _ in range(spec["concurrency"])
+            ),
             return_exceptions=True,
         )
         seconds = time.perf_counter() - t0
     errors = [repr(r) for r in results if isinstance(r, BaseException)]
-    return {"seconds": seconds, "calls": len(results), "errors": errors[:5],
-            "error_count": len(errors)}
+    return {
+        "seconds": seconds,
+        "calls": len(results),
+        "errors": errors[:5],
+        "error_count": len(errors),
+    }
 
 
 def main() -> None:

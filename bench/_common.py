@@ -88,7 +88,10 @@ class Proc:
     """A child process we started; stopped (SIGTERM, then SIGKILL) by `stop`."""
 
     def __init__(
-        self, args: list[str], env: Mapping[str, str], log: Path | None = None,
+        self,
+        args: list[str],
+        env: Mapping[str, str],
+        log: Path | None = None,
         cpus: str | None = SERVER_CPUS,
     ) -> None:
         if cpus is not None and shutil.which("taskset") and (os.cpu_count() or 1) > 1:
@@ -351,18 +354,38 @@ def measure_rate_h2load(
         body.write_bytes(b"\x00" + len(request).to_bytes(4, "big") + request)
         connections = 2
         out = subprocess.run(
-            pinned([
-                "h2load", "-c", str(connections), "-m", str(in_flight // connections),
-                "-D", str(max(1, round(duration))), f"--warm-up-time={max(1, round(warmup))}", "-d", str(body),
-                "-H", "content-type: application/grpc", "-H", "te: trailers",
-                f"--log-file={log}", f"http://{target}{method}",
-            ]),
-            capture_output=True, text=True, check=False, timeout=duration + warmup + 60,
+            pinned(
+                [
+                    "h2load",
+                    "-c",
+                    str(connections),
+                    "-m",
+                    str(in_flight // connections),
+                    "-D",
+                    str(max(1, round(duration))),
+                    f"--warm-up-time={max(1, round(warmup))}",
+                    "-d",
+                    str(body),
+                    "-H",
+                    "content-type: application/grpc",
+                    "-H",
+                    "te: trailers",
+                    f"--log-file={log}",
+                    f"http://{target}{method}",
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=duration + warmup + 60,
         )
         text = out.stdout
         found = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", text)
-        stats = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
-                          r"(\d+) failed, (\d+) errored", text)
+        stats = re.search(
+            r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+            r"(\d+) failed, (\d+) errored",
+            text,
+        )
         if out.returncode != 0 or not found or not stats:
             raise RuntimeError(f"h2load failed:\n{text[-2000:]}\n{out.stderr[-2000:]}")
         latencies = []
@@ -440,7 +463,11 @@ def stream_once(
 
 @contextlib.contextmanager
 def bare_server(
-    kind: str, mode: str, *, malloc: Mapping[str, str] | None = None, log: Path | None = None,
+    kind: str,
+    mode: str,
+    *,
+    malloc: Mapping[str, str] | None = None,
+    log: Path | None = None,
     **options: int | str,
 ) -> Iterator[tuple[Proc, int]]:
     """A `bench._baselines` server as a child process."""

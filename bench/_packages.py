@@ -22,7 +22,9 @@ from pkgloader.formats.writer import Written as Built
 
 from bench._common import WABT, MiB
 
-_ALPHABET = bytes.maketrans(bytes(range(256)), bytes(b"abcdefghijklmnop"[i % 16] for i in range(256)))
+_ALPHABET = bytes.maketrans(
+    bytes(range(256)), bytes(b"abcdefghijklmnop"[i % 16] for i in range(256))
+)
 
 
 def _random_pieces(size: int, seed: int) -> Callable[[], Iterator[bytes]]:

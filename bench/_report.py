@@ -62,10 +62,17 @@ class Report:
         path.write_text(self.markdown(titles))
         raw = path.with_suffix(".json")
         if path.parent != REPO / "bench":  # the committed results keep only the Markdown
-            raw.write_text(json.dumps(
-                {"figures": [asdict(f) | {"ratio": f.ratio} for f in self.figures],
-                 "notes": self.notes, "errors": self.errors, "machine": machine()},
-                indent=1))
+            raw.write_text(
+                json.dumps(
+                    {
+                        "figures": [asdict(f) | {"ratio": f.ratio} for f in self.figures],
+                        "notes": self.notes,
+                        "errors": self.errors,
+                        "machine": machine(),
+                    },
+                    indent=1,
+                )
+            )
 
     def markdown(self, titles: dict[str, str]) -> str:
         m = machine()
@@ -92,9 +99,7 @@ class Report:
         order = list(titles)
         for f in self.figures:
             ratio = f"{f.ratio:.2f}" if f.ratio is not None else ""
-            base = (
-                f"{_fmt(f.baseline_value)} {f.unit}" if f.baseline_value is not None else ""
-            )
+            base = f"{_fmt(f.baseline_value)} {f.unit}" if f.baseline_value is not None else ""
             mark = {True: "✅", False: "❌", None: ""}[f.met]
             num = order.index(f.bench) + 1 if f.bench in order else ""
             lines.append(
@@ -116,8 +121,11 @@ class Report:
                     lines.append(f"- *{f.name}*: {f.note}")
             for f in figures:
                 if f.met is False and f.why:
-                    lines.append(f"- **Missed — {f.name}** (×{f.ratio:.2f} of its baseline): {f.why}"
-                                 if f.ratio is not None else f"- **Missed — {f.name}**: {f.why}")
+                    lines.append(
+                        f"- **Missed — {f.name}** (×{f.ratio:.2f} of its baseline): {f.why}"
+                        if f.ratio is not None
+                        else f"- **Missed — {f.name}**: {f.why}"
+                    )
             for text in self.notes.get(bench, []):
                 lines.append(f"- {text}")
         lines.append("")
@@ -153,12 +161,18 @@ def machine() -> dict[str, Any]:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
-            text=True, check=True,
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "service"], cwd=REPO,
-            capture_output=True, text=True, check=True,
+            ["git", "status", "--porcelain", "--untracked-files=no", "service"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         if dirty:
             commit += " (service/ has uncommitted changes)"

@@ -46,7 +46,9 @@ def upstream(cfg: Config, root: Path) -> Iterator[str]:
     port = free_port()
     proc = Proc(
         [PYTHON, "-m", "bench._upstream", "--port", str(port), "--root", str(root)],
-        base_env(), cfg.work / "upstream.log", cpus=None,
+        base_env(),
+        cfg.work / "upstream.log",
+        cpus=None,
     )
     try:
         wait_port(port, proc)
@@ -64,14 +66,16 @@ def cold_load(cfg: Config, name: str, url: str, package: Built, tmp: Path) -> di
     """One Load (metadata only) into an empty cache on a fresh server; time and peak RSS."""
     cache = tmp / f"cache-{name}"
     memory = min(MEMORY_CACHE, package.size // 4)
-    with pkgloader_server(
-        cfg, f"cold-{name}", cache_dir=cache, memory=memory, cpus=None
-    ) as (proc, port):
+    with pkgloader_server(cfg, f"cold-{name}", cache_dir=cache, memory=memory, cpus=None) as (
+        proc,
+        port,
+    ):
         time.sleep(0.3)
         idle = read_status(proc.pid)["VmRSS"]
         reset_peak(proc.pid)
-        runs = stream_once(f"127.0.0.1:{port}", LOAD,
-                           load_request(url, package.sha256, content=False), timeout=900)
+        runs = stream_once(
+            f"127.0.0.1:{port}", LOAD, load_request(url, package.sha256, content=False), timeout=900
+        )
         peak = read_status(proc.pid)["VmHWM"]
     assert (cache / f"{package.sha256}.bin").stat().st_size == package.size
     return {"seconds": runs[0]["seconds"], "idle": idle, "peak": peak}
@@ -112,8 +116,13 @@ print(json.dumps({"seconds": seconds, "idle": idle, "peak": status()["VmHWM"], "
 
 
 def naive(url: str) -> dict[str, float]:
-    out = subprocess.run(pinned([PYTHON, "-c", NAIVE, url], None), capture_output=True,
-                         check=True, text=True, env=base_env())
+    out = subprocess.run(
+        pinned([PYTHON, "-c", NAIVE, url], None),
+        capture_output=True,
+        check=True,
+        text=True,
+        env=base_env(),
+    )
     return json.loads(out.stdout)
 
 
@@ -132,9 +141,14 @@ def run(cfg: Config, report: Report) -> None:
             mib = package.size / MiB
             report.add(
                 Figure(
-                    "cold_load", f"Cold Load {mib:,.0f} MiB, {coding}", mib / ours["seconds"],
-                    "MiB/s", "curl to a file, then openssl dgst -sha256", mib / curl,
-                    "≥ 0.6× curl + hash", mib / ours["seconds"] >= 0.6 * mib / curl,
+                    "cold_load",
+                    f"Cold Load {mib:,.0f} MiB, {coding}",
+                    mib / ours["seconds"],
+                    "MiB/s",
+                    "curl to a file, then openssl dgst -sha256",
+                    mib / curl,
+                    "≥ 0.6× curl + hash",
+                    mib / ours["seconds"] >= 0.6 * mib / curl,
                     f"{ours['seconds']:.2f} s; curl + fsync + hash: {mib / curl_sync:,.0f} MiB/s; "
                     f"naive httpx-into-memory loader: {mib / simple['seconds']:,.0f} MiB/s",
                     why="the download runs in Python: httpx reads 64 KiB pieces (zstd: "
@@ -149,8 +163,13 @@ def run(cfg: Config, report: Report) -> None:
             naive_growth = (simple["peak"] - simple["idle"]) / MiB
             report.add(
                 Figure(
-                    "cold_load", f"Peak RSS growth over idle, {coding}", growth, "MiB",
-                    "naive loader (whole body in memory)", naive_growth, "≤ 64 MiB",
+                    "cold_load",
+                    f"Peak RSS growth over idle, {coding}",
+                    growth,
+                    "MiB",
+                    "naive loader (whole body in memory)",
+                    naive_growth,
+                    "≤ 64 MiB",
                     growth <= 64,
                     f"server idle RSS {ours['idle'] / MiB:,.0f} MiB, peak {ours['peak'] / MiB:,.0f} MiB",
                 )

@@ -72,8 +72,12 @@ def run(cfg: Config, report: Report) -> None:
             env = base_env(malloc)
 
             def measure(
-                name: str, target: str, method: str, req: bytes,
-                env: dict[str, str] = env, alloc: str = alloc,
+                name: str,
+                target: str,
+                method: str,
+                req: bytes,
+                env: dict[str, str] = env,
+                alloc: str = alloc,
             ) -> None:
                 # The first call promotes into memory / maps the file: not timed.
                 stream_once(target, method, req, env=env)
@@ -118,9 +122,14 @@ def run(cfg: Config, report: Report) -> None:
             ours, best = results[(f"pkgloader {source}", alloc)]
             report.add(
                 Figure(
-                    "content_load", f"Load {size // MiB} MiB from {source}, {alloc} allocator",
-                    ours, "MiB/s", f"{bare} (pre-serialized 1 MiB chunks)", bare_value,
-                    "≥ 0.8× the better bare stream", ours >= 0.8 * bare_value,
+                    "content_load",
+                    f"Load {size // MiB} MiB from {source}, {alloc} allocator",
+                    ours,
+                    "MiB/s",
+                    f"{bare} (pre-serialized 1 MiB chunks)",
+                    bare_value,
+                    "≥ 0.8× the better bare stream",
+                    ours >= 0.8 * bare_value,
                     f"median of {repeats}; best {best:,.0f} MiB/s",
                     why=WHY,
                 )
@@ -130,34 +139,54 @@ def run(cfg: Config, report: Report) -> None:
                 bg = results[bg_key][0]
                 report.add(
                     Figure(
-                        "content_load", f"Load from {source} vs BuildGrid, {alloc} allocator",
-                        ours, "MiB/s", f"BuildGrid {bg_version} ByteStream Read, {source} store",
-                        bg, "ahead of BuildGrid", ours > bg,
+                        "content_load",
+                        f"Load from {source} vs BuildGrid, {alloc} allocator",
+                        ours,
+                        "MiB/s",
+                        f"BuildGrid {bg_version} ByteStream Read, {source} store",
+                        bg,
+                        "ahead of BuildGrid",
+                        ours > bg,
                     )
                 )
         ours = results[("pkgloader disk", alloc)][0]
         mapped = results[("bare mmap", alloc)][0]
         report.add(
             Figure(
-                "content_load", f"Load from disk (pread) vs the mmap disk stream, {alloc} allocator",
-                ours, "MiB/s", "bare sync server streaming the mapped cache file (pkgloader's "
-                "disk stream before issue 10)", mapped, "≥ 0.8× the mmap stream",
+                "content_load",
+                f"Load from disk (pread) vs the mmap disk stream, {alloc} allocator",
+                ours,
+                "MiB/s",
+                "bare sync server streaming the mapped cache file (pkgloader's "
+                "disk stream before issue 10)",
+                mapped,
+                "≥ 0.8× the mmap stream",
                 ours >= 0.8 * mapped,
             )
         )
         preads = results[("bare pread", alloc)][0]
         report.add(
             Figure(
-                "content_load", f"bare pread vs bare mmap file stream, {alloc} allocator",
-                preads, "MiB/s", "the same server reading from a mapping", mapped,
-                "the mechanism alone: ≥ 0.8×", preads >= 0.8 * mapped,
+                "content_load",
+                f"bare pread vs bare mmap file stream, {alloc} allocator",
+                preads,
+                "MiB/s",
+                "the same server reading from a mapping",
+                mapped,
+                "the mechanism alone: ≥ 0.8×",
+                preads >= 0.8 * mapped,
             )
         )
         for kind in ("bare sync", "bare aio"):
             value, best = results[(kind, alloc)]
             report.add(
-                Figure("content_load", f"{kind} stream, {alloc} allocator", value, "MiB/s",
-                       note=f"best {best:,.0f} MiB/s")
+                Figure(
+                    "content_load",
+                    f"{kind} stream, {alloc} allocator",
+                    value,
+                    "MiB/s",
+                    note=f"best {best:,.0f} MiB/s",
+                )
             )
     if bgd is None:
         report.note("content_load", f"BuildGrid not measured: {bg_version}")

@@ -54,11 +54,16 @@ def run(cfg: Config, report: Report) -> None:
                 fresh_meta.append(first["first"])
                 fresh_chunk.append(first["second"])
             with bare_server("sync", "stream", total=size, chunk=MiB) as (_, port):
-                bare_fresh.append(stream_once(f"127.0.0.1:{port}", "/bench.Bare/Call", b"")[0]["first"])
+                bare_fresh.append(
+                    stream_once(f"127.0.0.1:{port}", "/bench.Bare/Call", b"")[0]["first"]
+                )
         with pkgloader_server(cfg, "ttfb", cache_dir=cache, memory=256 * MiB) as (_, port):
             spec = {
-                "mode": "stream", "target": f"127.0.0.1:{port}", "method": LOAD,
-                "request": base64.b64encode(request).decode(), "repeats": repeats,
+                "mode": "stream",
+                "target": f"127.0.0.1:{port}",
+                "method": LOAD,
+                "request": base64.b64encode(request).decode(),
+                "repeats": repeats,
                 "between": {"method": EVICT, "request": base64.b64encode(evict).decode()},
             }
             run_client({**spec, "repeats": 3})  # warm the process: not timed
@@ -66,24 +71,38 @@ def run(cfg: Config, report: Report) -> None:
         with bare_server("sync", "stream", total=size, chunk=MiB) as (_, port):
             bare_steady = stream_once(f"127.0.0.1:{port}", "/bench.Bare/Call", b"", repeats=repeats)
     steady_chunk = median([r["second"] for r in steady]) * 1e3
-    report.add(Figure(
-        "first_byte", "First content byte, disk only, running server", steady_chunk, "ms",
-        "bare sync server, first pre-built 1 MiB chunk", median([r["first"] for r in bare_steady]) * 1e3,
-        "≤ 5 ms", steady_chunk <= 5.0,
-        f"median of {repeats} Loads, each after an Evict from memory; metadata message after "
-        f"{median([r['first'] for r in steady]) * 1e3:.2f} ms",
-    ))
+    report.add(
+        Figure(
+            "first_byte",
+            "First content byte, disk only, running server",
+            steady_chunk,
+            "ms",
+            "bare sync server, first pre-built 1 MiB chunk",
+            median([r["first"] for r in bare_steady]) * 1e3,
+            "≤ 5 ms",
+            steady_chunk <= 5.0,
+            f"median of {repeats} Loads, each after an Evict from memory; metadata message after "
+            f"{median([r['first'] for r in steady]) * 1e3:.2f} ms",
+        )
+    )
     ttfb = median(fresh_chunk) * 1e3
-    report.add(Figure(
-        "first_byte", "First content byte, the first Load of a fresh process", ttfb, "ms",
-        "bare sync server, its first call", median(bare_fresh) * 1e3, "≤ 5 ms",
-        ttfb <= 5.0,
-        f"median of {starts} fresh server processes; metadata message after "
-        f"{median(fresh_meta) * 1e3:.2f} ms",
-        why="the first call a fresh grpcio server handles pays one-time costs (worker thread "
-        "start, first-call code paths, lazy imports) that the bare server's first call shows "
-        "too; in a running process the same disk-only Load is the figure above.",
-    ))
+    report.add(
+        Figure(
+            "first_byte",
+            "First content byte, the first Load of a fresh process",
+            ttfb,
+            "ms",
+            "bare sync server, its first call",
+            median(bare_fresh) * 1e3,
+            "≤ 5 ms",
+            ttfb <= 5.0,
+            f"median of {starts} fresh server processes; metadata message after "
+            f"{median(fresh_meta) * 1e3:.2f} ms",
+            why="the first call a fresh grpcio server handles pays one-time costs (worker thread "
+            "start, first-call code paths, lazy imports) that the bare server's first call shows "
+            "too; in a running process the same disk-only Load is the figure above.",
+        )
+    )
     report.note(
         "first_byte",
         "Timed in the client from the call to the first `chunk` message (the metadata message "

@@ -60,29 +60,52 @@ def run(cfg: Config, report: Report) -> None:
     for name, path in (("wabt", WABT), ("big", big.path)):
         out = subprocess.run(
             pinned([PYTHON, "-m", "bench.formats_open", str(path), str(iterations)]),
-            capture_output=True, text=True, check=True, env=base_env(),
+            capture_output=True,
+            text=True,
+            check=True,
+            env=base_env(),
         )
         results[name] = json.loads(out.stdout)
     small, large = results["wabt"], results["big"]
-    report.add(Figure(
-        "formats_open", "Open + list wabt (3.4 MB), mapped file", small["median"] * 1e3, "ms",
-        target="< 5 ms", met=small["median"] * 1e3 < 5.0,
-        note=f"median of {iterations}; the first open in a fresh process: "
-        f"{small['first'] * 1e3:.2f} ms",
-    ))
-    report.add(Figure(
-        "formats_open", f"Open + list, atoms {factor}× larger ({big.size / MiB:,.0f} MiB)",
-        large["median"] * 1e3, "ms", "wabt", small["median"] * 1e3,
-        "does not grow with atom sizes (≤ 1.5×)", large["median"] <= 1.5 * small["median"],
-        f"first open: {large['first'] * 1e3:.2f} ms",
-    ))
-    report.add(Figure(
-        "formats_open", f"Python heap peak of one open, atoms {factor}× larger",
-        large["heap_peak"] / 1024, "KiB", "wabt", small["heap_peak"] / 1024,
-        "does not grow with atom sizes (≤ 1.5×)", large["heap_peak"] <= 1.5 * small["heap_peak"],
-        f"RSS growth of the process over the first open: {large['rss_growth'] / 1024:,.0f} KiB "
-        f"vs {small['rss_growth'] / 1024:,.0f} KiB",
-    ))
+    report.add(
+        Figure(
+            "formats_open",
+            "Open + list wabt (3.4 MB), mapped file",
+            small["median"] * 1e3,
+            "ms",
+            target="< 5 ms",
+            met=small["median"] * 1e3 < 5.0,
+            note=f"median of {iterations}; the first open in a fresh process: "
+            f"{small['first'] * 1e3:.2f} ms",
+        )
+    )
+    report.add(
+        Figure(
+            "formats_open",
+            f"Open + list, atoms {factor}× larger ({big.size / MiB:,.0f} MiB)",
+            large["median"] * 1e3,
+            "ms",
+            "wabt",
+            small["median"] * 1e3,
+            "does not grow with atom sizes (≤ 1.5×)",
+            large["median"] <= 1.5 * small["median"],
+            f"first open: {large['first'] * 1e3:.2f} ms",
+        )
+    )
+    report.add(
+        Figure(
+            "formats_open",
+            f"Python heap peak of one open, atoms {factor}× larger",
+            large["heap_peak"] / 1024,
+            "KiB",
+            "wabt",
+            small["heap_peak"] / 1024,
+            "does not grow with atom sizes (≤ 1.5×)",
+            large["heap_peak"] <= 1.5 * small["heap_peak"],
+            f"RSS growth of the process over the first open: {large['rss_growth'] / 1024:,.0f} KiB "
+            f"vs {small['rss_growth'] / 1024:,.0f} KiB",
+        )
+    )
     report.note(
         "formats_open",
         f"The large package is wabt rebuilt with each atom's bytes repeated {factor}× (same "

@@ -70,7 +70,9 @@ def run(cfg: Config, report: Report) -> None:
         rates: dict[str, dict[str, float]] = {}
         for i in range(starts):
             for name, cache, times in (("empty", empty, start_empty), ("full", full, start_full)):
-                with pkgloader_server(cfg, f"entries-{name}", cache_dir=cache, memory=256 << 20) as (
+                with pkgloader_server(
+                    cfg, f"entries-{name}", cache_dir=cache, memory=256 << 20
+                ) as (
                     proc,
                     port,
                 ):
@@ -83,38 +85,71 @@ def run(cfg: Config, report: Report) -> None:
                             retain, removed = timed_retain(port, count)
 
         t0 = time.perf_counter()
-        subprocess.run(["find", str(copy), "-maxdepth", "1", "-name", "*.bin", "-printf",
-                        "%s %T@ %f\n"], check=True, capture_output=True)
+        subprocess.run(
+            ["find", str(copy), "-maxdepth", "1", "-name", "*.bin", "-printf", "%s %T@ %f\n"],
+            check=True,
+            capture_output=True,
+        )
         find_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         subprocess.run([PYTHON, "-c", LRU_BASELINE, str(copy)], check=True)
         lru_seconds = time.perf_counter() - t0
 
-    report.add(Figure(
-        "many_entries", f"Start to SERVING, {count:,} entries", median(start_full), "s",
-        "start to SERVING, empty cache", median(start_empty), "≤ 1 s", median(start_full) <= 1.0,
-        f"median of {starts} starts (process spawn to the first SERVING health reply)",
-    ))
-    report.add(Figure(
-        "many_entries", f"Scan streams all {count:,} entries", scan, "s",
-        "find -printf of the same folder", find_seconds, "≤ 2 s",
-        scan <= 2.0 and scanned == count + 1,
-        f"{scanned:,} entries received (the fill plus the wabt package)",
-    ))
-    report.add(Figure(
-        "many_entries", "Retain down to half by LRU", retain, "s",
-        "a Python script: scandir, sort by mtime, unlink the older half", lru_seconds, "≤ 5 s",
-        retain <= 5.0, f"{removed:,} entries removed",
-        why="unlinking 50,000 files is most of it: the baseline that only scans, sorts and "
-        "unlinks takes nearly as long on this volume. Retain adds a stat per entry and the "
-        "memory-tier bookkeeping; a parallel unlink would help on a fast disk, not here.",
-    ))
-    report.add(Figure(
-        "many_entries", f"Warm Load rate with {count:,} entries", rates["full"]["rate"], "req/s",
-        "the same with an empty cache", rates["empty"]["rate"], "unchanged (≥ 0.9×)",
-        rates["full"]["rate"] >= 0.9 * rates["empty"]["rate"],
-        f"p99 {rates['full']['p99_ms']:.1f} ms vs {rates['empty']['p99_ms']:.1f} ms",
-    ))
+    report.add(
+        Figure(
+            "many_entries",
+            f"Start to SERVING, {count:,} entries",
+            median(start_full),
+            "s",
+            "start to SERVING, empty cache",
+            median(start_empty),
+            "≤ 1 s",
+            median(start_full) <= 1.0,
+            f"median of {starts} starts (process spawn to the first SERVING health reply)",
+        )
+    )
+    report.add(
+        Figure(
+            "many_entries",
+            f"Scan streams all {count:,} entries",
+            scan,
+            "s",
+            "find -printf of the same folder",
+            find_seconds,
+            "≤ 2 s",
+            scan <= 2.0 and scanned == count + 1,
+            f"{scanned:,} entries received (the fill plus the wabt package)",
+        )
+    )
+    report.add(
+        Figure(
+            "many_entries",
+            "Retain down to half by LRU",
+            retain,
+            "s",
+            "a Python script: scandir, sort by mtime, unlink the older half",
+            lru_seconds,
+            "≤ 5 s",
+            retain <= 5.0,
+            f"{removed:,} entries removed",
+            why="unlinking 50,000 files is most of it: the baseline that only scans, sorts and "
+            "unlinks takes nearly as long on this volume. Retain adds a stat per entry and the "
+            "memory-tier bookkeeping; a parallel unlink would help on a fast disk, not here.",
+        )
+    )
+    report.add(
+        Figure(
+            "many_entries",
+            f"Warm Load rate with {count:,} entries",
+            rates["full"]["rate"],
+            "req/s",
+            "the same with an empty cache",
+            rates["empty"]["rate"],
+            "unchanged (≥ 0.9×)",
+            rates["full"]["rate"] >= 0.9 * rates["empty"]["rate"],
+            f"p99 {rates['full']['p99_ms']:.1f} ms vs {rates['empty']['p99_ms']:.1f} ms",
+        )
+    )
     report.note(
         "many_entries",
         f"Entries: {count:,} files of {ENTRY_BYTES} bytes named `<sha256>.bin`, with distinct "

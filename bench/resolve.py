@@ -68,8 +68,12 @@ def run(cfg: Config, report: Report) -> None:
             loaded = measure_rate(cfg, target, LOAD, load)
     report.add(
         Figure(
-            "resolve", "Resolve rate", resolved["rate"], "req/s",
-            "warm Load rate, same server and run", loaded["rate"],
+            "resolve",
+            "Resolve rate",
+            resolved["rate"],
+            "req/s",
+            "warm Load rate, same server and run",
+            loaded["rate"],
             note=f"Resolve p50 {resolved['p50_ms']:.2f} ms, p99 {resolved['p99_ms']:.2f} ms, "
             f"errors {resolved['errors']:.0f}; reply {len(reply)} bytes; warm Load p50 "
             f"{loaded['p50_ms']:.2f} ms",

@@ -118,25 +118,36 @@ def run(cfg: Config, report: Report) -> None:
                 )
     report.add(
         Figure(
-            "tree_load", "Warm LoadTree rate (3 packages, 7 commands, 3 mounts)",
-            tree_rate["rate"], "req/s", "warm Load of wabt, same server", load_rate["rate"],
+            "tree_load",
+            "Warm LoadTree rate (3 packages, 7 commands, 3 mounts)",
+            tree_rate["rate"],
+            "req/s",
+            "warm Load of wabt, same server",
+            load_rate["rate"],
             note=f"LoadTree p50 {tree_rate['p50_ms']:.2f} ms, p99 {tree_rate['p99_ms']:.2f} ms; "
             f"Load p50 {load_rate['p50_ms']:.2f} ms; errors {tree_rate['errors']:.0f}",
         )
     )
     report.add(
         Figure(
-            "tree_load", "LoadTree with atoms (7 atoms, checked as streamed)", _mb_per_s(atoms),
-            "MiB/s", "Load of wabt with content, same server", _mb_per_s(content),
+            "tree_load",
+            "LoadTree with atoms (7 atoms, checked as streamed)",
+            _mb_per_s(atoms),
+            "MiB/s",
+            "Load of wabt with content, same server",
+            _mb_per_s(content),
             note=f"median of {repeats}; {atoms[0]['bytes'] / MiB:.1f} MiB of atoms vs "
             f"{content[0]['bytes'] / MiB:.1f} MiB of package",
         )
     )
     report.add(
         Figure(
-            "tree_load", "Cold LoadTree (3 file:// packages)",
-            median([r["seconds"] for r in cold_tree]) * 1e3, "ms",
-            "the 3 cold Loads one after the other", median(cold_loads) * 1e3,
+            "tree_load",
+            "Cold LoadTree (3 file:// packages)",
+            median([r["seconds"] for r in cold_tree]) * 1e3,
+            "ms",
+            "the 3 cold Loads one after the other",
+            median(cold_loads) * 1e3,
             note="fresh server and cache each; median of the rounds",
         )
     )

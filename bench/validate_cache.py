@@ -40,8 +40,9 @@ def run(cfg: Config, report: Report) -> None:
         openssl = []
         for _ in range(rounds):
             t0 = time.perf_counter()
-            subprocess.run(["openssl", "dgst", "-sha256", *map(str, files)], check=True,
-                           capture_output=True)
+            subprocess.run(
+                ["openssl", "dgst", "-sha256", *map(str, files)], check=True, capture_output=True
+            )
             openssl.append(time.perf_counter() - t0)
         with (
             pkgloader_server(cfg, "validate", cache_dir=cache, memory=0, cpus=None) as (_, port),
@@ -58,8 +59,13 @@ def run(cfg: Config, report: Report) -> None:
     best, base = min(ours), min(openssl)
     report.add(
         Figure(
-            "validate_cache", f"ValidateCache, {total:,.0f} MiB in {count} files", total / best,
-            "MiB/s", "one openssl dgst -sha256 pass", total / base, "≥ 1.5× openssl",
+            "validate_cache",
+            f"ValidateCache, {total:,.0f} MiB in {count} files",
+            total / best,
+            "MiB/s",
+            "one openssl dgst -sha256 pass",
+            total / base,
+            "≥ 1.5× openssl",
             total / best >= 1.5 * total / base,
             f"best of {rounds}: {best:.2f} s vs {base:.2f} s",
             why="ValidateCache hashes one file per thread, one thread per core, over mmap with "

@@ -60,7 +60,9 @@ def run(cfg: Config, report: Report) -> None:
     with temp_dir(cfg, "warm-") as tmp:
         reply_size = 0
         for _ in range(rounds):
-            with pkgloader_server(cfg, "warm-pkgloader", cache_dir=tmp / "cache", memory=256 << 20) as (
+            with pkgloader_server(
+                cfg, "warm-pkgloader", cache_dir=tmp / "cache", memory=256 << 20
+            ) as (
                 _,
                 port,
             ):
@@ -90,9 +92,14 @@ def run(cfg: Config, report: Report) -> None:
     bare = best[bare_name]
     report.add(
         Figure(
-            "warm_load", "Warm Load rate", ours["rate"], "req/s",
-            f"bare grpcio {bare_name} server, same call shape", bare["rate"],
-            "≥ 0.8× the better bare server", ours["rate"] >= 0.8 * bare["rate"],
+            "warm_load",
+            "Warm Load rate",
+            ours["rate"],
+            "req/s",
+            f"bare grpcio {bare_name} server, same call shape",
+            bare["rate"],
+            "≥ 0.8× the better bare server",
+            ours["rate"] >= 0.8 * bare["rate"],
             f"p50 {ours['p50_ms']:.2f} ms, p99 {ours['p99_ms']:.2f} ms; errors {ours['errors']:.0f}; "
             f"reply {reply_size} bytes",
             why=WHY,
@@ -102,21 +109,35 @@ def run(cfg: Config, report: Report) -> None:
         r = best[kind]
         report.add(
             Figure(
-                "warm_load", f"bare grpcio {kind} server, same call shape", r["rate"], "req/s",
+                "warm_load",
+                f"bare grpcio {kind} server, same call shape",
+                r["rate"],
+                "req/s",
                 note=f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms",
             )
         )
     report.add(
-        Figure("warm_load", "Warm Load p99 latency", ours["p99_ms"], "ms",
-               f"bare grpcio {bare_name} p99", bare["p99_ms"])
+        Figure(
+            "warm_load",
+            "Warm Load p99 latency",
+            ours["p99_ms"],
+            "ms",
+            f"bare grpcio {bare_name} p99",
+            bare["p99_ms"],
+        )
     )
     if "buildgrid" in best:
         bg = best["buildgrid"]
         report.add(
             Figure(
-                "warm_load", "Warm Load rate vs BuildGrid", ours["rate"], "req/s",
-                f"BuildGrid {bg_version} FindMissingBlobs (1 digest, LRU memory store)", bg["rate"],
-                "≥ 2× BuildGrid", ours["rate"] >= 2 * bg["rate"],
+                "warm_load",
+                "Warm Load rate vs BuildGrid",
+                ours["rate"],
+                "req/s",
+                f"BuildGrid {bg_version} FindMissingBlobs (1 digest, LRU memory store)",
+                bg["rate"],
+                "≥ 2× BuildGrid",
+                ours["rate"] >= 2 * bg["rate"],
                 f"BuildGrid p50 {bg['p50_ms']:.2f} ms, p99 {bg['p99_ms']:.2f} ms",
                 why="the same per-call Python work as above; BuildGrid's FindMissingBlobs is a "
                 "unary call with one dict lookup behind it.",

@@ -224,4 +224,3 @@ def test_token_goes_over_https(pki, https_server: HTTPServer) -> None:  # noqa: 
         with fetcher.open(httpx.URL(https_server.url_for("/pkg"))) as chunks:
             assert b"".join(chunks) == HELLO.data
     assert https_server.log[0][0].headers["Authorization"] == "Bearer tls-token"
-

@@ -398,6 +398,7 @@ class AsyncPackageLoaderClient:
                 call.cancel()
             raise
         return ContentInfo.from_proto(info)
+
     async def load_tree(
         self,
         specifier: str | None = None,

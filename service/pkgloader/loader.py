@@ -439,9 +439,7 @@ class PackageLoader:
                 "download abandoned",
                 extra={"sha256": flight.key[0], "url": flight.key[1], "grace": self.abandon_grace},
             )
-            raise Cancelled(
-                f"download stopped: nobody waited for it for {self.abandon_grace:g}s"
-            )
+            raise Cancelled(f"download stopped: nobody waited for it for {self.abandon_grace:g}s")
 
     def _fetch_once(self, h: WebcHash, url: str, flight: _Flight | None = None) -> _Download:
         """Download `h` unless another process of the shared cache does (or did) it already."""

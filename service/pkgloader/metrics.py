@@ -175,12 +175,12 @@ class Metrics(LoaderEvents):
             ["reason"],
             registry=r,
         )
-        Gauge(
-            "pkgloader_memory_cache_budget_bytes", "The memory cache's budget", registry=r
-        ).set(memory.budget)
-        Gauge(
-            "pkgloader_cache_max_bytes", "The disk cache's size limit (0: none)", registry=r
-        ).set(max_cache_bytes if disk is not None else 0)
+        Gauge("pkgloader_memory_cache_budget_bytes", "The memory cache's budget", registry=r).set(
+            memory.budget
+        )
+        Gauge("pkgloader_cache_max_bytes", "The disk cache's size limit (0: none)", registry=r).set(
+            max_cache_bytes if disk is not None else 0
+        )
         # Each App has its own registry, so the process collector is registered here rather
         # than relying on the global default registry. Threads are not among its metrics.
         ProcessCollector(registry=r)

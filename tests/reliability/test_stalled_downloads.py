@@ -99,9 +99,7 @@ def test_a_caller_that_comes_back_within_the_grace_rejoins_the_download(
     assert len(up.seen) == 1
 
 
-def test_a_lease_held_for_another_url_is_waited_for_only_briefly(
-    tmp_path: Path, upstream
-) -> None:
+def test_a_lease_held_for_another_url_is_waited_for_only_briefly(tmp_path: Path, upstream) -> None:
     """Replica A downloads DASH's hash from a trickling URL (and holds the lease for that hash);
     replica B, asked for DASH at a correct URL, waits at most PKGLOADER_FOREIGN_LEASE_WAIT and
     then downloads it itself (before: it waited for A's download, here past a 15 s deadline)."""

@@ -119,9 +119,7 @@ class HttpFetcher:
         return headers
 
     @contextmanager
-    def open(
-        self, url: httpx.URL, report: FetchReport | None = None
-    ) -> Iterator[Iterator[bytes]]:
+    def open(self, url: httpx.URL, report: FetchReport | None = None) -> Iterator[Iterator[bytes]]:
         deadline = time.monotonic() + self._deadline
         response = self._request(url, deadline, report or FetchReport())
         try:
@@ -130,9 +128,7 @@ class HttpFetcher:
         finally:
             response.close()
 
-    def _request(
-        self, original: httpx.URL, deadline: float, report: FetchReport
-    ) -> httpx.Response:
+    def _request(self, original: httpx.URL, deadline: float, report: FetchReport) -> httpx.Response:
         attempt = 0
         while True:
             url, retry_after, downgraded = original, None, False
