@@ -57,7 +57,7 @@ TIERS = [
 
 @pytest.fixture(params=TIERS, ids=[t.name for t in TIERS])
 def tiers(request: pytest.FixtureRequest) -> Tiers:
-    return request.param  # type: ignore[no-any-return]
+    return request.param
 
 
 @pytest.fixture
