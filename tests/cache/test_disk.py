@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pkgloader.cache.disk import DiskCache, FileId
 from pkgloader.cache.lease import Lease, Unleased, holder_url, try_acquire
-from pkgloader.errors import CacheBusy, Cancelled
+from pkgloader.errors import CacheBusy, Cancelled, PackageTooLarge
 from pkgloader.hashes import WebcHash
 
 from tests.conftest import wait_until
@@ -326,3 +326,16 @@ def test_a_spool_is_recreated_when_the_temp_folder_vanished(disk: DiskCache) -> 
     disk.temp.rmdir()
     store(disk)
     assert disk.contains(SHA)
+
+
+def test_a_spool_refuses_bytes_past_its_limit(disk: DiskCache) -> None:
+    """The decoded size limit is the spool's: a write past max_bytes raises PackageTooLarge,
+    and discarding leaves no temp file."""
+    spool = disk.spool(max_bytes=10)
+    try:
+        spool.write(b"0123456789")
+        with pytest.raises(PackageTooLarge, match="limit of 10 bytes"):
+            spool.write(b"x")
+    finally:
+        disk.discard(spool)
+    assert os.listdir(disk.temp) == []

@@ -324,3 +324,21 @@ def test_fetchers_dispatch_by_scheme_and_mark_file_reads_credentialed(
     with fetchers.open(parse_url((root / "pkg.webc").as_uri()), report) as chunks:
         assert b"".join(chunks) == BODY
     assert report.credentialed
+
+
+def test_a_decompression_bomb_decodes_in_bounded_pieces() -> None:
+    """64 MiB of zeros in a few KB of gzip or zstd comes out 1 MiB at a time at most, so the
+    size limit downstream stops it before memory grows."""
+    zeros = bytes(64 << 20)
+    for coding, packed in (
+        ("gzip", gzip.compress(zeros)),
+        ("zstd", zstandard.ZstdCompressor().compress(zeros)),
+    ):
+        pieces = decode(iter([packed[i : i + 4096] for i in range(0, len(packed), 4096)]), [coding])
+        total = 0
+        for piece in pieces:
+            assert len(piece) <= 1 << 20
+            total += len(piece)
+            if total >= 8 << 20:
+                break  # bounded pieces all the way: enough seen
+        assert total >= 8 << 20
