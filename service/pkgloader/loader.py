@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pkgloader import formats
 from pkgloader.cache.disk import DiskCache
@@ -70,6 +70,7 @@ CHUNK = 1024 * 1024
 
 # What a memoized value costs beyond its own bytes (the object, its slot in the memo).
 _MEMO_OVERHEAD = 128
+_V = TypeVar("_V")
 
 
 @dataclass(eq=False)
@@ -100,14 +101,18 @@ class StoredPackage:
         held = self.size if self.in_memory else 0
         return held + self.container.retained_bytes + self._remembered
 
-    def remember(self, key: str, value: bytes) -> bytes:
-        """Keep `value` (built once per package) under `key` and charge it; the first wins."""
+    def remember(self, key: str, value: _V, cost: int | None = None) -> _V:
+        """Keep `value` (built once per package) under `key` and charge it `cost` bytes (a
+        `bytes` value: its length); the first wins."""
         with self._lock:
             kept = self.memo.get(key)
             if kept is not None:
                 return kept  # type: ignore[no-any-return]
             self.memo[key] = value
-            cost = len(value) + _MEMO_OVERHEAD
+            if cost is None:
+                assert isinstance(value, bytes | bytearray), "give the cost of a non-bytes value"
+                cost = len(value)
+            cost += _MEMO_OVERHEAD
             self._remembered += cost
             grow = self.on_grow
         if grow is not None:

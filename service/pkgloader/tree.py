@@ -14,7 +14,8 @@ Load's path: memory → disk → single-flight download, the hash policy, parsin
   packages cannot be mixed (the reference's rule; we accept v1 with v2 and tar.gz with v3, where
   the reference refuses v1 and has no tar.gz).
 - Each atom's sha256, computed from its bytes and checked against its manifest signature before
-  anything is reported; `atom_chunks` checks the bytes again as they are streamed.
+  anything is reported; `atom_chunks` checks the bytes again as they are streamed. Both are
+  GetAtom's mechanism (`contents.checked_atom`, `contents.Checked.chunks`).
 
 The failures the reference names keep its words, as `InvalidTree`; a package that fails to load
 raises what Load raises.
@@ -22,21 +23,16 @@ raises what Load raises.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import concurrent.futures
 import dataclasses
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from pkgloader import formats
+from pkgloader import contents, formats
 from pkgloader.errors import (
-    CacheFileChanged,
     Cancelled,
-    ContentHashMismatch,
     InvalidRequest,
     InvalidTree,
 )
@@ -100,6 +96,7 @@ class TreeAtom:
     name: str
     package_id: str
     package: StoredPackage = field(repr=False, compare=False)
+    checked: contents.Checked = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -468,74 +465,19 @@ def _atom_for(
 # -- atoms ----------------------------------------------------------------------------------------
 
 
-def _signature_sha256(signature: str) -> str | None:
-    algorithm, _, encoded = signature.partition(":")
-    try:
-        digest = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return digest.hex() if algorithm == "sha256" and len(digest) == 32 else None
-
-
 def _verified_atom(stored: StoredPackage, name: str, package_id: str) -> TreeAtom:
     """The atom with its sha256 computed from its bytes (once per package, kept in its memo),
-    refused when it differs from the manifest's signature."""
-    key = f"tree.atom_sha256:{name}"
-    cached: tuple[str, int] | None = stored.memo.get(key)
-    if cached is None:
-        digest, size = hashlib.sha256(), 0
-        for piece in _atom_pieces(stored, name, CHUNK):
-            digest.update(piece)
-            size += len(piece)
-        cached = (digest.hexdigest(), size)
-        signed = next((a.signature for a in stored.container.manifest.atoms if a.name == name), "")
-        expected = _signature_sha256(signed)
-        if expected is not None and expected != cached[0]:
-            raise ContentHashMismatch(
-                what=f"the '{name}' atom of {package_id}", expected=expected, actual=cached[0]
-            )
-        stored.memo[key] = cached
-    return TreeAtom(cached[0], cached[1], name, package_id, stored)
-
-
-def _atom_pieces(stored: StoredPackage, name: str, size: int) -> Iterator[bytes | memoryview]:
-    """The one place atom bytes are read: the atom's content handle, at most `size` at a time
-    (views of a package in memory, bounded reads of a file on disk; a tar.gz member is inflated
-    piece by piece). A cache file that shrinks meanwhile is `CacheFileChanged`, as in Load."""
-    content = stored.container.get_atom(name)
-    if content is None:
-        raise InvalidTree(f"the '{name}' atom disappeared from its package")
-    try:
-        yield from content.views(size)
-    except formats.ContentChanged as exc:
-        raise CacheFileChanged(
-            f"the cached file of {stored.hash.hex} changed while its '{name}' atom was being "
-            f"read ({exc}); try again",
-            sha256=stored.hash.hex,
-            file=stored.cache_name or "",
-        ) from None
+    refused when it differs from the manifest's signature: GetAtom's check (`contents`)."""
+    checked = contents.checked_atom(stored, name, what=f"the '{name}' atom of {package_id}")
+    return TreeAtom(checked.sha256, checked.size, name, package_id, stored, checked)
 
 
 def atom_chunks(atom: TreeAtom, size: int = CHUNK) -> Iterator[tuple[int, bytes]]:
-    """(offset, bytes) pieces of an atom, at most `size` each, hashed as they go.
-
-    The last piece is held back until the whole atom has hashed to `atom.sha256`, so a client
-    never receives all of an atom whose bytes changed under us (a mapped cache file overwritten):
-    it receives `ContentHashMismatch` instead.
-    """
-    digest = hashlib.sha256()
+    """(offset, bytes) pieces of an atom, at most `size` each: GetAtom's checked stream
+    (`contents.Checked.chunks`), so a client never receives all of an atom whose bytes changed
+    under us; it receives `ContentHashMismatch` instead."""
     offset = 0
-    held: bytes | None = None
-    for piece in _atom_pieces(atom.package, atom.name, size):
-        if held is not None:
-            yield offset - len(held), held
-        held = bytes(piece)  # a view is valid only until the next piece is read
-        digest.update(held)
-        offset += len(held)
-    actual = digest.hexdigest()
-    if actual != atom.sha256 or offset != atom.size:
-        raise ContentHashMismatch(
-            what=f"the '{atom.name}' atom of {atom.package_id}", expected=atom.sha256, actual=actual
-        )
-    if held is not None:
-        yield offset - len(held), held
+    for piece in atom.checked.chunks(size):
+        data = bytes(piece)  # a protobuf bytes field takes no view
+        yield offset, data
+        offset += len(data)
