@@ -10,7 +10,10 @@ of gRPC. Two promises:
   between the passes (a damaged disk) is never delivered whole. Reading twice costs a second
   sha256 pass (skipped when the bytes are the memory tier's immutable copy); buffering an atom
   of hundreds of MiB to read it once would make memory grow with the package, which the
-  service never does.
+  service never does. An atom's verified digest is remembered with its package (the memory
+  tier's, or for a disk-only package the loader's memo tier), so only the first call of a
+  package checks before sending; later ones hash once, while sending, holding back the last
+  chunk as before.
 - **Bounded.** Contents are read through their `size` and `chunks(max)`, at most `CHUNK` at a
   time; a listing stops at `MAX_ENTRIES` entries or `MAX_LISTING_BYTES` of paths and says so.
 """

@@ -30,6 +30,11 @@ This is the only place the tiers meet. The rules it keeps:
   any reader could use the server's tokens as their own (fetch any URL of a token authority
   under WARN or NONE), or learn the sha256 of any file a hard link in a file root names.
 - A package is parsed before any Load reports success.
+- What the layers above derive from a package (`StoredPackage.remember`: serialized metadata,
+  verified atom digests) is charged to the memory tier with the package it holds. For a package
+  only the disk cache holds, it goes to a small memo tier of its own (`memo_budget` bytes, LRU,
+  keyed by the file's name, which is the sha256 of its bytes): a disk GetAtom then hashes its
+  atom once per call, not twice, and a disk Load builds its metadata once.
 """
 
 from __future__ import annotations
@@ -70,6 +75,9 @@ CHUNK = 1024 * 1024
 
 # What a memoized value costs beyond its own bytes (the object, its slot in the memo).
 _MEMO_OVERHEAD = 128
+#: The memo tier of disk-only packages: a few hundred packages' metadata and atom digests. It is
+#: apart from the memory tier so that PKGLOADER_MEMORY_CACHE_BYTES=0 still spares the rehash.
+MEMO_BUDGET = 8 << 20
 _V = TypeVar("_V")
 
 
@@ -105,10 +113,11 @@ class StoredPackage:
         """Keep `value` (built once per package) under `key` and charge it `cost` bytes (a
         `bytes` value: its length); the first wins."""
         with self._lock:
-            kept = self.memo.get(key)
-            if kept is not None:
+            # setdefault: a disk package's memo may be shared by other StoredPackage objects of
+            # the same file (`_DiskMemo`), each with its own lock; the first value still wins.
+            kept = self.memo.setdefault(key, value)
+            if kept is not value:
                 return kept  # type: ignore[no-any-return]
-            self.memo[key] = value
             if cost is None:
                 assert isinstance(value, bytes | bytearray), "give the cost of a non-bytes value"
                 cost = len(value)
@@ -137,6 +146,15 @@ class StoredPackage:
                 sha256=self.hash.hex,
                 file=self.cache_name or "",
             ) from None
+
+
+@dataclass(eq=False)
+class _DiskMemo:
+    """The memo of a package the memory tier does not hold, kept across calls (each call opens
+    its own `StoredPackage` of the file): an entry of the loader's memo tier."""
+
+    memo: dict[str, Any] = field(default_factory=dict)
+    charged_bytes: int = _MEMO_OVERHEAD  # grown through `MemoryCache.grow`
 
 
 class LoaderEvents:
@@ -208,6 +226,7 @@ class PackageLoader:
         lease_wait: float = 900.0,
         abandon_grace: float = 10.0,
         foreign_lease_wait: float = 5.0,
+        memo_budget: int = MEMO_BUDGET,
     ) -> None:
         self.fetchers = fetchers
         self.disk = disk
@@ -232,6 +251,7 @@ class PackageLoader:
         # Without a disk cache, downloads still stream to a file (never whole into memory),
         # an unlinked one in a private folder.
         self._scratch = scratch_dir or Path(tempfile.gettempdir())
+        self._disk_memos: MemoryCache[_DiskMemo] = MemoryCache(memo_budget)
         #: Notified of downloads and hash mismatches (metrics hook in here).
         self.events: LoaderEvents = LoaderEvents()
 
@@ -371,7 +391,31 @@ class PackageLoader:
             if self.memory.put(h.hex, package):
                 package.on_grow = lambda extra: self.memory.grow(h.hex, extra)
             return package
-        return StoredPackage(h, size, source, formats.open_package(source), name)
+        return self._on_disk(h, size, source, formats.open_package(source), name)
+
+    def _on_disk(
+        self,
+        h: WebcHash,
+        size: int,
+        source: formats.ByteSource,
+        container: formats.Container,
+        name: str | None,
+    ) -> StoredPackage:
+        """A verified package read from its file, not held in memory. A file in the disk cache
+        (`name`) hashes to its name, so what was derived from it before holds again: its memo
+        is the memo tier's for `h`. (Content served under a hash it does not have never gets
+        here, so it can never leave a wrong digest under that hash.)"""
+        package = StoredPackage(h, size, source, container, name)
+        if name is None or not self._disk_memos.enabled:
+            return package
+        shelf = self._disk_memos.get(h.hex)
+        if shelf is None:
+            fresh = _DiskMemo()
+            shelf = fresh if self._disk_memos.put(h.hex, fresh) else self._disk_memos.get(h.hex)
+        if shelf is not None:
+            package.memo = shelf.memo
+            package.on_grow = lambda extra: self._disk_memos.grow(h.hex, extra)
+        return package
 
     # -- single flight ------------------------------------------------------------------------
 
@@ -528,7 +572,7 @@ class PackageLoader:
                 if self.memory.admits(spool.size):
                     return _Download(actual, self._keep(h, source, spool.size, name), None)
                 return _Download(
-                    actual, StoredPackage(h, spool.size, source, container, name), None
+                    actual, self._on_disk(h, spool.size, source, container, name), None
                 )
             # Mismatching content: served to callers whose policy allows it, never cached.
             return _Download(actual, StoredPackage(h, spool.size, source, container, None), None)
@@ -645,7 +689,7 @@ class PackageLoader:
             ok = True
             if self.memory.admits(spool.size):
                 return _Download(h.hex, self._keep(h, source, spool.size, name), None)
-            return _Download(h.hex, StoredPackage(h, spool.size, source, container, name), None)
+            return _Download(h.hex, self._on_disk(h, spool.size, source, container, name), None)
         finally:
             self._close_spool(spool)
             self.events.downloaded(spool.size, time.monotonic() - started, ok)
