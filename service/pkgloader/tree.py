@@ -63,6 +63,10 @@ class TreeCommand:
     atom_size: int
     runner: str
     annotations: dict[str, formats.JSON]
+    #: The command's name in `declared_in`'s manifest, and that package (whose memo the RPC
+    #: layer keeps the annotations' serialized form in: they are immutable per package).
+    original_name: str = ""
+    declared_package: StoredPackage | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -262,6 +266,12 @@ class TreeLoader:
 
         if len(requests) == 1:
             return [load(requests[0])]
+        if all(r.sha256 in self.loader.memory for r in requests):
+            # A warm tree: every load is a memory hit of microseconds, and handing each to a
+            # thread of the pool and waiting for it cost more than the whole rest of the call.
+            # (A resolution's hashes are lowercase hex, the memory tier's keys; any other
+            # spelling only misses here and takes the pool.)
+            return [load(request) for request in requests]
         slots = threading.BoundedSemaphore(self.max_parallel)
         futures: list[concurrent.futures.Future[LoadResult]] = []
         for request in requests:
@@ -351,8 +361,9 @@ def _mounts(graph: _Graph, loaded: dict[PackageId, LoadResult]) -> tuple[list[Tr
         key = f"tree.bytes:{mapping.volume}:{source}"
         size: int | None = stored.memo.get(key)
         if size is None:
-            # A walk of the volume's tree, once per package (it is immutable).
-            size = stored.memo[key] = _bytes_under(volume, source)
+            # A walk of the volume's tree, once per package (it is immutable). Charged: the
+            # paths come from the caller's resolution, so the keys are as many as callers want.
+            size = stored.remember(key, _bytes_under(volume, source), cost=len(key) + 32)
         total += size
     return mounts, total
 
@@ -372,16 +383,15 @@ def _commands(
     atoms: dict[str, TreeAtom] = {}
     for resolved in graph.resolution.commands:
         declared_in = resolved.package
-        container = loaded[declared_in].package.container
-        metadata = next(
-            (c for c in container.manifest.commands if c.name == resolved.original_name), None
+        declaring = loaded[declared_in].package
+        metadata, choice = _command_facts(
+            declaring, resolved.original_name, resolved.name, str(declared_in)
         )
         if metadata is None:
             raise InvalidTree(
                 f'Unable to find the "{resolved.original_name}" command metadata in the '
                 f'"{declared_in}" package'
             )
-        choice = _atom_for(resolved.name, metadata, str(declared_in))
         if choice is None:
             warnings.append(
                 f'Skipping unsupported command "{resolved.name}" of "{declared_in}" '
@@ -433,9 +443,32 @@ def _commands(
                 atom_size=atom.size,
                 runner=metadata.runner,
                 annotations=metadata.annotations,
+                original_name=resolved.original_name,
+                declared_package=declaring,
             )
         )
     return commands, list(atoms.values())
+
+
+_Choice = tuple[str, str | None] | None
+
+
+def _command_facts(
+    stored: StoredPackage, original_name: str, name: str, package_id: str
+) -> tuple[formats.Command | None, _Choice]:
+    """The manifest's command `original_name` and the atom it runs under `name` (`_atom_for`),
+    looked up once per package and remembered (charged) with it: a warm tree repeated the
+    manifest search and the annotation parsing on every call."""
+    key = f"tree.command:{original_name}:{name}"
+    known: tuple[formats.Command | None, _Choice] | None = stored.memo.get(key)
+    if known is None:
+        metadata = next(
+            (c for c in stored.container.manifest.commands if c.name == original_name), None
+        )
+        # An `InvalidTree` of `_atom_for` (naming `package_id`) is raised, never remembered.
+        choice = None if metadata is None else _atom_for(name, metadata, package_id)
+        known = stored.remember(key, (metadata, choice), cost=2 * len(key) + 64)
+    return known
 
 
 def _atom_for(
