@@ -309,7 +309,12 @@ class PackageLoader:
             return LoadResult(from_disk, Source.DISK)
 
         deadline = None if timeout is None else time.monotonic() + timeout
-        flight = self._flight(expected, str(url), alive if wait_for_room else None, deadline)
+        flight = self._flight(
+            (expected.hex, str(url)),
+            lambda f: self._fetch_once(expected, str(url), f),
+            alive if wait_for_room else None,
+            deadline,
+        )
         self.events.waiting()
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         download = self._await(flight, alive, remaining if wait_for_room else timeout)
@@ -421,15 +426,14 @@ class PackageLoader:
 
     def _flight(
         self,
-        h: WebcHash,
-        url: str,
+        key: tuple[str, str],
+        work: Callable[[_Flight], _Download],
         wait: Callable[[], bool] | None = None,
         deadline: float | None = None,
     ) -> _Flight:
-        """The flight for (h, url), joined: the caller counts as its waiter until `_await`.
-        With `wait` (the caller's `alive`), a full queue is waited on until `deadline` instead
-        of refused."""
-        key = (h.hex, url)
+        """The flight for `key` ((sha256, url), or ("", url) for `load_url`), joined, or started
+        to run `work` on the pool: the caller counts as its waiter until `_await`. With `wait`
+        (the caller's `alive`), a full queue is waited on until `deadline` instead of refused."""
         with self._lock:
             while True:
                 flight = self._flights.get(key)
@@ -454,12 +458,14 @@ class PackageLoader:
             flight = _Flight(key)
             flight.waiters = 1
             self._flights[key] = flight
-        self._pool.submit(self._run_flight, flight, h, url)
+        self._pool.submit(self._run_flight, flight, work)
         return flight
 
-    def _run_flight(self, flight: _Flight, h: WebcHash, url: str) -> None:
+    def _run_flight(self, flight: _Flight, work: Callable[[_Flight], _Download]) -> None:
+        """Run a flight's download on the pool, hand its outcome to every waiter, and unlist
+        the flight (unless `_abandoned` did) so that the next Load starts a new one."""
         try:
-            result = self._fetch_once(h, url, flight)
+            result = work(flight)
         except BaseException as exc:  # noqa: BLE001 - handed to every waiter
             flight.future.set_exception(exc)
         else:
@@ -630,39 +636,13 @@ class PackageLoader:
         parsed = parse_url(url)
         if parsed.scheme == "file":
             self.fetchers.file.check(parsed)
-        key = ("", str(parsed))  # "" never collides with a sha256 key of `load`
-        with self._lock:
-            flight = self._flights.get(key)
-            if flight is not None:
-                flight.waiters += 1
-            else:
-                if len(self._flights) >= self._max_flights:
-                    raise ResourceExhausted(
-                        f"too many downloads in progress ({len(self._flights)}); try again later",
-                        limit=str(self._max_flights),
-                    )
-                flight = _Flight(key)
-                flight.waiters = 1
-                self._flights[key] = flight
-                self._pool.submit(self._run_url_flight, flight)
+        # "" never collides with a sha256 key of `load`.
+        flight = self._flight(("", str(parsed)), lambda f: self._download_unnamed(str(parsed), f))
         download = self._await(flight, alive, timeout)
         if download.parse_error is not None:
             raise _invalid(download.parse_error, url)
         assert download.package is not None
         return LoadResult(download.package, download.source)
-
-    def _run_url_flight(self, flight: _Flight) -> None:
-        try:
-            result = self._download_unnamed(flight.key[1], flight)
-        except BaseException as exc:  # noqa: BLE001 - handed to every waiter
-            flight.future.set_exception(exc)
-        else:
-            flight.future.set_result(result)
-        finally:
-            with self._lock:
-                if self._flights.get(flight.key) is flight:
-                    del self._flights[flight.key]
-                    self._room.notify_all()
 
     def _download_unnamed(self, url: str, flight: _Flight) -> _Download:
         self._check_wanted(flight)
