@@ -1,8 +1,10 @@
 """9. GetAtom of a large atom (≥ 64 MiB) with flat server memory, beside Load's content stream.
 
 One synthetic webc v1 package holding one large signed atom sits in the disk cache of a server
-whose memory tier admits nothing, so every call reads through the disk. GetAtom hashes the atom
-(checked against its manifest signature) and then streams it in 1 MiB chunks; the baseline is
+whose memory tier admits nothing, so every call reads through the disk. The first GetAtom hashes
+the atom (checked against its manifest signature) and then streams it in 1 MiB chunks, hashing it
+again; the loader's memo tier remembers the verified digest, so the timed calls hash it once, as
+it streams. The baseline is
 Load with `include_content` streaming the whole package from the same server in the same run.
 For each: throughput, and how far the server's peak resident memory (VmHWM, reset before each
 call) rose above its resident memory before the call.
@@ -32,18 +34,20 @@ from bench._report import Figure, Report
 TITLE = "GetAtom of a large atom (≥ 64 MiB), disk and memory tiers: memory and speed vs Load"
 GET_ATOM = "/pkgloader.v1.PackageLoaderService/GetAtom"
 
-#: From disk GetAtom reads the atom twice, hashing both times (the first pass proves it before any
-#: byte goes out, the second that what goes out is what was proved); Load hashes nothing.
+#: From disk a GetAtom whose digest is remembered hashes the atom once, as it goes out (so that a
+#: file changed since is never delivered whole); Load hashes nothing.
 TARGETS = {
-    "disk": ("≥ 0.33× Load (two sha256 passes over the atom)", 0.33),
+    "disk": ("≥ 0.5× Load (one sha256 pass over the atom)", 0.5),
     "memory": ("≥ 0.8× Load (hashed once, on the first call)", 0.8),
 }
 WHY = {
     "disk": (
-        "sha256 runs at about 400 MiB/s per core here, and GetAtom from disk hashes the atom "
-        "twice (before sending: a signature mismatch is refused with nothing sent; while "
-        "sending: a cache file that changed in between is never delivered whole), where Load "
-        "streams its already verified file without hashing."
+        "sha256 runs at about 400 MiB/s per core here. The first GetAtom of a disk package "
+        "hashes the atom twice (before sending: a signature mismatch is refused with nothing "
+        "sent; while sending: a cache file that changed in between is never delivered whole); "
+        "its verified digest is then remembered (the loader's memo tier, bounded, keyed by the "
+        "file's sha256 name), so later calls hash only while sending, where Load streams its "
+        "already verified file without hashing. Before the memo: 0.39× Load."
     ),
     "memory": (
         "the memory tier's copy is immutable, so the atom's verified hash is kept with the "

@@ -354,3 +354,30 @@ def test_contents_calls_need_a_token_when_auth_is_on(make_server: Callable[..., 
     )
     assert server.stub.ListDirectory(request, metadata=reader, timeout=30).entries
     assert list(server.stub.GetAtom(atom, metadata=reader, timeout=30))
+
+
+def test_a_disk_atom_remembered_once_still_never_arrives_whole_when_damaged(
+    make_server: Callable[..., Running], packages: list[Pkg]
+) -> None:
+    """From disk, an atom's verified sha256 is remembered after the first GetAtom, so later calls
+    hash it once, while streaming: a cache file damaged in place after that is still refused
+    (DATA_LOSS) before the atom's last chunk goes out."""
+    server = make_server(memory_cache_bytes=0)
+    v2 = next(p for p in packages if p.name == "written-v2.webc")
+    package, _ = server.load(v2.url, v2.sha256)
+    good = hashlib.sha256(ATOMS["big"]).hexdigest()
+    assert get_atom(server, v2.sha256, "big") == (get_atom(server, v2.sha256, "big"))
+    assert server.app.settings.cache_dir is not None
+    cached = server.app.settings.cache_dir / package.cache_path
+    raw = bytearray(cached.read_bytes())
+    raw[raw.find(ATOMS["big"][:4096]) + len(ATOMS["big"]) // 2] ^= 0xFF
+    cached.write_bytes(bytes(raw))  # the same size: only a hash can tell
+    received: list[Any] = []
+
+    def drain() -> None:
+        request = pb.GetAtomRequest(webc_sha256=v2.sha256, atom_name="big")
+        received.extend(server.stub.GetAtom(request, timeout=60))
+
+    assert reason_of(drain, grpc.StatusCode.DATA_LOSS) == "CONTENT_HASH_MISMATCH"
+    assert received[0].info.sha256 == good  # the remembered digest, told before the bytes
+    assert 0 < sum(len(item.chunk) for item in received[1:]) < len(ATOMS["big"])

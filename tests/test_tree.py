@@ -144,6 +144,26 @@ def test_a_second_tree_comes_from_memory(server: Running, files: Path) -> None:
     assert [p.source for p in package.packages] == [pb.SOURCE_MEMORY, pb.SOURCE_MEMORY]
 
 
+def test_what_a_warm_tree_remembers_is_charged_once_to_the_memory_tier(
+    server: Running, files: Path
+) -> None:
+    """A tree's per-package facts (commands, atom digests, mounted bytes, annotations) are kept
+    with the packages and charged to the memory tier on the first LoadTree; an identical second
+    one adds nothing and answers the same."""
+    tree = static_tree(files)
+    memory = server.app.loader.memory
+    packages = (tree.root, tree.dependency)
+    for package in packages:
+        server.load(package.url, package.sha256)
+    loaded = [memory.charge_of(p.sha256) or 0 for p in packages]
+    first, _ = load_tree(server, tree_request(tree.resolution))
+    charged = [memory.charge_of(p.sha256) or 0 for p in packages]
+    second, _ = load_tree(server, tree_request(tree.resolution))
+    assert second == first
+    assert all(c > before for c, before in zip(charged, loaded, strict=True))
+    assert [memory.charge_of(p.sha256) for p in packages] == charged
+
+
 def test_summary_root_must_match_the_resolution_root(server: Running, files: Path) -> None:
     """A summary names the root exactly; one that disagrees with the resolution is refused."""
     tree = static_tree(files)

@@ -176,6 +176,23 @@ def validate_request(*, prune: bool, deep: bool) -> pb.ValidateCacheRequest:
     )
 
 
+def _check_received(received: int, actual: str, size: int, sha256: str, what: str) -> None:
+    """DATA_LOSS unless `received` bytes hashing to `actual` are the `size` bytes of sha256
+    `sha256` the server announced (`what`: "package" or "content", for the message)."""
+    if received != size:
+        raise TransferError(
+            f"received {received} bytes of a {size}-byte {what}",
+            code=grpc.StatusCode.DATA_LOSS,
+            metadata={"expected_size": str(size), "actual_size": str(received)},
+        )
+    if actual != sha256.lower():
+        raise TransferError(
+            f"received bytes hash to {actual}, the server announced {sha256.lower()}",
+            code=grpc.StatusCode.DATA_LOSS,
+            metadata={"expected_sha256": sha256.lower(), "actual_sha256": actual},
+        )
+
+
 class AtomicFile:
     """A download target that appears whole or not at all.
 
@@ -200,19 +217,7 @@ class AtomicFile:
         self.received += len(chunk)
 
     def commit(self, size: int, sha256: str) -> None:
-        actual = self._hash.hexdigest()
-        if self.received != size:
-            raise TransferError(
-                f"received {self.received} bytes of a {size}-byte package",
-                code=grpc.StatusCode.DATA_LOSS,
-                metadata={"expected_size": str(size), "actual_size": str(self.received)},
-            )
-        if actual != sha256.lower():
-            raise TransferError(
-                f"received bytes hash to {actual}, the server announced {sha256.lower()}",
-                code=grpc.StatusCode.DATA_LOSS,
-                metadata={"expected_sha256": sha256.lower(), "actual_sha256": actual},
-            )
+        _check_received(self.received, self._hash.hexdigest(), size, sha256, "package")
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -303,19 +308,7 @@ class ContentSink:
         return b"".join(self._parts)
 
     def commit(self, size: int, sha256: str) -> None:
-        actual = self._hash.hexdigest()
-        if self.received != size:
-            raise TransferError(
-                f"received {self.received} bytes of a {size}-byte content",
-                code=grpc.StatusCode.DATA_LOSS,
-                metadata={"expected_size": str(size), "actual_size": str(self.received)},
-            )
-        if actual != sha256.lower():
-            raise TransferError(
-                f"received bytes hash to {actual}, the server announced {sha256.lower()}",
-                code=grpc.StatusCode.DATA_LOSS,
-                metadata={"expected_sha256": sha256.lower(), "actual_sha256": actual},
-            )
+        _check_received(self.received, self._hash.hexdigest(), size, sha256, "content")
         if self._file is not None:
             self._file.flush()
 

@@ -10,7 +10,10 @@ of gRPC. Two promises:
   between the passes (a damaged disk) is never delivered whole. Reading twice costs a second
   sha256 pass (skipped when the bytes are the memory tier's immutable copy); buffering an atom
   of hundreds of MiB to read it once would make memory grow with the package, which the
-  service never does.
+  service never does. An atom's verified digest is remembered with its package (the memory
+  tier's, or for a disk-only package the loader's memo tier), so only the first call of a
+  package checks before sending; later ones hash once, while sending, holding back the last
+  chunk as before.
 - **Bounded.** Contents are read through their `size` and `chunks(max)`, at most `CHUNK` at a
   time; a listing stops at `MAX_ENTRIES` entries or `MAX_LISTING_BYTES` of paths and says so.
 """
@@ -19,9 +22,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from pkgloader import formats
@@ -67,17 +71,19 @@ class Checked:
     #: The bytes are immutable process memory (the memory tier), so they cannot differ on the
     #: second pass and are not hashed again.
     stable: bool = False
+    #: The cache file the bytes are read from (`sha256`, `file`), for a `CacheFileChanged`.
+    where: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def chunks(self, max: int = CHUNK) -> Iterator[bytes | memoryview]:
         """The bytes again, at most `max` at a time, re-hashed as they go; the last piece is held
         back until the whole matches `sha256`, else `ContentHashMismatch` is raised instead."""
         if self.stable:
-            yield from _pieces(self.content, max, self.what)
+            yield from _pieces(self.content, max, self.what, self.where)
             return
         digest = hashlib.sha256()
         held: bytes | memoryview | None = None
         sent = 0
-        for piece in _pieces(self.content, max, self.what):
+        for piece in _pieces(self.content, max, self.what, self.where):
             if held is not None:
                 yield held
             digest.update(piece)
@@ -91,21 +97,52 @@ class Checked:
 
 
 def check(
-    content: Readable, expected_sha256: str | None, *, what: str, stable: bool = False
+    content: Readable,
+    expected_sha256: str | None,
+    *,
+    what: str,
+    stable: bool = False,
+    where: Mapping[str, str] | None = None,
 ) -> Checked:
     """Hash `content` once, in bounded pieces; refuse it (`ContentHashMismatch`, DATA_LOSS) when
     `expected_sha256` (lowercase hex) is given and differs. `stable`: the bytes live in
-    immutable process memory, so `Checked.chunks` need not hash them again."""
+    immutable process memory, so `Checked.chunks` need not hash them again. `where`: the
+    cache file's `sha256` and `file`, told with a `CacheFileChanged`."""
+    where = where or {}
     digest = hashlib.sha256()
-    for piece in _pieces(content, CHUNK, what):
+    for piece in _pieces(content, CHUNK, what, where):
         digest.update(piece)
     actual = digest.hexdigest()
     if expected_sha256 is not None and actual != expected_sha256:
         raise ContentHashMismatch(what=what, expected=expected_sha256, actual=actual)
-    return Checked(content, content.size, actual, what, stable)
+    return Checked(content, content.size, actual, what, stable, where)
 
 
-def _pieces(content: Readable, max: int, what: str) -> Iterator[bytes | memoryview]:
+def checked_atom(stored: StoredPackage, name: str, *, what: str) -> Checked:
+    """The atom `name` of `stored` (which has it), hashed and checked against its manifest
+    signature: GetAtom's and LoadTree's atoms, one mechanism.
+
+    The verified sha256 is remembered with the package (and charged to the memory tier when it
+    holds the package): an atom is hashed once per package, however many commands or calls use
+    it. Only a memory-tier package skips the second, streaming hash (`Checked.stable`)."""
+    data = stored.container.get_atom(name)
+    if data is None:
+        raise AtomNotFound(f"{what}: no such atom", atom=name)
+    where = {"sha256": stored.hash.hex, "file": stored.cache_name or ""}
+    key = f"contents.atom:{name}"
+    known: tuple[str, int] | None = stored.memo.get(key)
+    if known is None:
+        signed = next((a.signature for a in stored.container.manifest.atoms if a.name == name), "")
+        checked = check(_readable(data), signature_sha256(signed), what=what, where=where)
+        # A hex digest, a size and the key: what the memo slot holds beyond its overhead.
+        stored.remember(key, (checked.sha256, checked.size), cost=len(key) + 64 + 32)
+        return dataclasses.replace(checked, stable=stored.in_memory)
+    return Checked(_readable(data), known[1], known[0], what, stored.in_memory, where)
+
+
+def _pieces(
+    content: Readable, max: int, what: str, where: Mapping[str, str]
+) -> Iterator[bytes | memoryview]:
     try:
         for piece in content.chunks(max):
             # A content handle promises at most `max` per piece; keep the contract even if one
@@ -120,7 +157,7 @@ def _pieces(content: Readable, max: int, what: str) -> Iterator[bytes | memoryvi
         # The cache file shrank under the read (another replica, an operator): as for Load's
         # stream, the call ends and a new one reads (or fetches) the package again.
         raise CacheFileChanged(
-            f"{what}: the cached file changed while it was being read; try again"
+            f"{what}: the cached file changed while it was being read; try again", **where
         ) from exc
     except formats.FormatError as exc:
         # The reader found the bytes damaged: the package, not the call, is at fault.
@@ -227,41 +264,27 @@ class PackageContents:
     def atom(self, name: str) -> AtomContent:
         """The atom `name`, hashed and checked against its manifest signature when it has one."""
         _name(name, "atom_name")
-        data = self._container.get_atom(name)
         declared = next((a for a in self._container.manifest.atoms if a.name == name), None)
-        if data is None:
+        if self._container.get_atom(name) is None:
             names = ", ".join(sorted(a.name for a in self._container.manifest.atoms)[:20])
             raise AtomNotFound(
                 f"package {self._label} has no atom {name!r} (atoms: {names or 'none'})",
                 atom=name,
             )
-        signature = declared.signature if declared is not None else ""
-        checked = self._check(
-            data, signature_sha256(signature), f"atom {name!r} of {self._label}", atom=name
-        )
+        checked = checked_atom(self._stored, name, what=f"atom {name!r} of {self._label}")
         return AtomContent(
             name=name,
             kind=declared.kind if declared is not None else "",
-            signature=signature,
+            signature=declared.signature if declared is not None else "",
             checked=checked,
         )
 
-    def _check(
-        self, data: formats.Content, expected: str | None, what: str, *, atom: str | None = None
-    ) -> Checked:
-        """`check`; with a memory-tier package an atom's result is remembered with it: its bytes
-        are immutable, so an atom hashed (and verified) once is sent again without hashing.
-        (Only atoms: a package has a few, but may have a hundred thousand files.)"""
-        if not self._stable:
-            return check(_readable(data), expected, what=what)
-        if atom is None:
-            return check(_readable(data), expected, what=what, stable=True)
-        key = f"contents.atom:{atom}"
-        known: Checked | None = self._stored.memo.get(key)
-        if known is None:
-            known = check(_readable(data), expected, what=what, stable=True)
-            self._stored.memo[key] = known  # a dict store is atomic; a race only hashes twice
-        return known
+    def _check(self, data: formats.Content, expected: str | None, what: str) -> Checked:
+        """`check`, knowing whether the bytes are the memory tier's immutable copy (then the
+        stream does not hash them again). Files are not remembered: a package has a few atoms,
+        but may have a hundred thousand files."""
+        where = {"sha256": self._stored.hash.hex, "file": self._stored.cache_name or ""}
+        return check(_readable(data), expected, what=what, stable=self._stable, where=where)
 
     def _volume(self, name: str) -> formats.Volume:
         _name(name, "volume")

@@ -30,6 +30,11 @@ This is the only place the tiers meet. The rules it keeps:
   any reader could use the server's tokens as their own (fetch any URL of a token authority
   under WARN or NONE), or learn the sha256 of any file a hard link in a file root names.
 - A package is parsed before any Load reports success.
+- What the layers above derive from a package (`StoredPackage.remember`: serialized metadata,
+  verified atom digests) is charged to the memory tier with the package it holds. For a package
+  only the disk cache holds, it goes to a small memo tier of its own (`memo_budget` bytes, LRU,
+  keyed by the file's name, which is the sha256 of its bytes): a disk GetAtom then hashes its
+  atom once per call, not twice, and a disk Load builds its metadata once.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pkgloader import formats
 from pkgloader.cache.disk import DiskCache
@@ -70,6 +75,10 @@ CHUNK = 1024 * 1024
 
 # What a memoized value costs beyond its own bytes (the object, its slot in the memo).
 _MEMO_OVERHEAD = 128
+#: The memo tier of disk-only packages: a few hundred packages' metadata and atom digests. It is
+#: apart from the memory tier so that PKGLOADER_MEMORY_CACHE_BYTES=0 still spares the rehash.
+MEMO_BUDGET = 8 << 20
+_V = TypeVar("_V")
 
 
 @dataclass(eq=False)
@@ -100,14 +109,19 @@ class StoredPackage:
         held = self.size if self.in_memory else 0
         return held + self.container.retained_bytes + self._remembered
 
-    def remember(self, key: str, value: bytes) -> bytes:
-        """Keep `value` (built once per package) under `key` and charge it; the first wins."""
+    def remember(self, key: str, value: _V, cost: int | None = None) -> _V:
+        """Keep `value` (built once per package) under `key` and charge it `cost` bytes (a
+        `bytes` value: its length); the first wins."""
         with self._lock:
-            kept = self.memo.get(key)
-            if kept is not None:
+            # setdefault: a disk package's memo may be shared by other StoredPackage objects of
+            # the same file (`_DiskMemo`), each with its own lock; the first value still wins.
+            kept = self.memo.setdefault(key, value)
+            if kept is not value:
                 return kept  # type: ignore[no-any-return]
-            self.memo[key] = value
-            cost = len(value) + _MEMO_OVERHEAD
+            if cost is None:
+                assert isinstance(value, bytes | bytearray), "give the cost of a non-bytes value"
+                cost = len(value)
+            cost += _MEMO_OVERHEAD
             self._remembered += cost
             grow = self.on_grow
         if grow is not None:
@@ -132,6 +146,15 @@ class StoredPackage:
                 sha256=self.hash.hex,
                 file=self.cache_name or "",
             ) from None
+
+
+@dataclass(eq=False)
+class _DiskMemo:
+    """The memo of a package the memory tier does not hold, kept across calls (each call opens
+    its own `StoredPackage` of the file): an entry of the loader's memo tier."""
+
+    memo: dict[str, Any] = field(default_factory=dict)
+    charged_bytes: int = _MEMO_OVERHEAD  # grown through `MemoryCache.grow`
 
 
 class LoaderEvents:
@@ -203,6 +226,7 @@ class PackageLoader:
         lease_wait: float = 900.0,
         abandon_grace: float = 10.0,
         foreign_lease_wait: float = 5.0,
+        memo_budget: int = MEMO_BUDGET,
     ) -> None:
         self.fetchers = fetchers
         self.disk = disk
@@ -227,6 +251,7 @@ class PackageLoader:
         # Without a disk cache, downloads still stream to a file (never whole into memory),
         # an unlinked one in a private folder.
         self._scratch = scratch_dir or Path(tempfile.gettempdir())
+        self._disk_memos: MemoryCache[_DiskMemo] = MemoryCache(memo_budget)
         #: Notified of downloads and hash mismatches (metrics hook in here).
         self.events: LoaderEvents = LoaderEvents()
 
@@ -284,7 +309,12 @@ class PackageLoader:
             return LoadResult(from_disk, Source.DISK)
 
         deadline = None if timeout is None else time.monotonic() + timeout
-        flight = self._flight(expected, str(url), alive if wait_for_room else None, deadline)
+        flight = self._flight(
+            (expected.hex, str(url)),
+            lambda f: self._fetch_once(expected, str(url), f),
+            alive if wait_for_room else None,
+            deadline,
+        )
         self.events.waiting()
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         download = self._await(flight, alive, remaining if wait_for_room else timeout)
@@ -366,21 +396,44 @@ class PackageLoader:
             if self.memory.put(h.hex, package):
                 package.on_grow = lambda extra: self.memory.grow(h.hex, extra)
             return package
-        return StoredPackage(h, size, source, formats.open_package(source), name)
+        return self._on_disk(h, size, source, formats.open_package(source), name)
+
+    def _on_disk(
+        self,
+        h: WebcHash,
+        size: int,
+        source: formats.ByteSource,
+        container: formats.Container,
+        name: str | None,
+    ) -> StoredPackage:
+        """A verified package read from its file, not held in memory. A file in the disk cache
+        (`name`) hashes to its name, so what was derived from it before holds again: its memo
+        is the memo tier's for `h`. (Content served under a hash it does not have never gets
+        here, so it can never leave a wrong digest under that hash.)"""
+        package = StoredPackage(h, size, source, container, name)
+        if name is None or not self._disk_memos.enabled:
+            return package
+        shelf = self._disk_memos.get(h.hex)
+        if shelf is None:
+            fresh = _DiskMemo()
+            shelf = fresh if self._disk_memos.put(h.hex, fresh) else self._disk_memos.get(h.hex)
+        if shelf is not None:
+            package.memo = shelf.memo
+            package.on_grow = lambda extra: self._disk_memos.grow(h.hex, extra)
+        return package
 
     # -- single flight ------------------------------------------------------------------------
 
     def _flight(
         self,
-        h: WebcHash,
-        url: str,
+        key: tuple[str, str],
+        work: Callable[[_Flight], _Download],
         wait: Callable[[], bool] | None = None,
         deadline: float | None = None,
     ) -> _Flight:
-        """The flight for (h, url), joined: the caller counts as its waiter until `_await`.
-        With `wait` (the caller's `alive`), a full queue is waited on until `deadline` instead
-        of refused."""
-        key = (h.hex, url)
+        """The flight for `key` ((sha256, url), or ("", url) for `load_url`), joined, or started
+        to run `work` on the pool: the caller counts as its waiter until `_await`. With `wait`
+        (the caller's `alive`), a full queue is waited on until `deadline` instead of refused."""
         with self._lock:
             while True:
                 flight = self._flights.get(key)
@@ -405,12 +458,14 @@ class PackageLoader:
             flight = _Flight(key)
             flight.waiters = 1
             self._flights[key] = flight
-        self._pool.submit(self._run_flight, flight, h, url)
+        self._pool.submit(self._run_flight, flight, work)
         return flight
 
-    def _run_flight(self, flight: _Flight, h: WebcHash, url: str) -> None:
+    def _run_flight(self, flight: _Flight, work: Callable[[_Flight], _Download]) -> None:
+        """Run a flight's download on the pool, hand its outcome to every waiter, and unlist
+        the flight (unless `_abandoned` did) so that the next Load starts a new one."""
         try:
-            result = self._fetch_once(h, url, flight)
+            result = work(flight)
         except BaseException as exc:  # noqa: BLE001 - handed to every waiter
             flight.future.set_exception(exc)
         else:
@@ -523,7 +578,7 @@ class PackageLoader:
                 if self.memory.admits(spool.size):
                     return _Download(actual, self._keep(h, source, spool.size, name), None)
                 return _Download(
-                    actual, StoredPackage(h, spool.size, source, container, name), None
+                    actual, self._on_disk(h, spool.size, source, container, name), None
                 )
             # Mismatching content: served to callers whose policy allows it, never cached.
             return _Download(actual, StoredPackage(h, spool.size, source, container, None), None)
@@ -581,39 +636,13 @@ class PackageLoader:
         parsed = parse_url(url)
         if parsed.scheme == "file":
             self.fetchers.file.check(parsed)
-        key = ("", str(parsed))  # "" never collides with a sha256 key of `load`
-        with self._lock:
-            flight = self._flights.get(key)
-            if flight is not None:
-                flight.waiters += 1
-            else:
-                if len(self._flights) >= self._max_flights:
-                    raise ResourceExhausted(
-                        f"too many downloads in progress ({len(self._flights)}); try again later",
-                        limit=str(self._max_flights),
-                    )
-                flight = _Flight(key)
-                flight.waiters = 1
-                self._flights[key] = flight
-                self._pool.submit(self._run_url_flight, flight)
+        # "" never collides with a sha256 key of `load`.
+        flight = self._flight(("", str(parsed)), lambda f: self._download_unnamed(str(parsed), f))
         download = self._await(flight, alive, timeout)
         if download.parse_error is not None:
             raise _invalid(download.parse_error, url)
         assert download.package is not None
         return LoadResult(download.package, download.source)
-
-    def _run_url_flight(self, flight: _Flight) -> None:
-        try:
-            result = self._download_unnamed(flight.key[1], flight)
-        except BaseException as exc:  # noqa: BLE001 - handed to every waiter
-            flight.future.set_exception(exc)
-        else:
-            flight.future.set_result(result)
-        finally:
-            with self._lock:
-                if self._flights.get(flight.key) is flight:
-                    del self._flights[flight.key]
-                    self._room.notify_all()
 
     def _download_unnamed(self, url: str, flight: _Flight) -> _Download:
         self._check_wanted(flight)
@@ -640,7 +669,7 @@ class PackageLoader:
             ok = True
             if self.memory.admits(spool.size):
                 return _Download(h.hex, self._keep(h, source, spool.size, name), None)
-            return _Download(h.hex, StoredPackage(h, spool.size, source, container, name), None)
+            return _Download(h.hex, self._on_disk(h, spool.size, source, container, name), None)
         finally:
             self._close_spool(spool)
             self.events.downloaded(spool.size, time.monotonic() - started, ok)

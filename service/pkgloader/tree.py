@@ -14,7 +14,8 @@ Load's path: memory → disk → single-flight download, the hash policy, parsin
   packages cannot be mixed (the reference's rule; we accept v1 with v2 and tar.gz with v3, where
   the reference refuses v1 and has no tar.gz).
 - Each atom's sha256, computed from its bytes and checked against its manifest signature before
-  anything is reported; `atom_chunks` checks the bytes again as they are streamed.
+  anything is reported; `atom_chunks` checks the bytes again as they are streamed. Both are
+  GetAtom's mechanism (`contents.checked_atom`, `contents.Checked.chunks`).
 
 The failures the reference names keep its words, as `InvalidTree`; a package that fails to load
 raises what Load raises.
@@ -22,21 +23,16 @@ raises what Load raises.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import concurrent.futures
 import dataclasses
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from pkgloader import formats
+from pkgloader import contents, formats
 from pkgloader.errors import (
-    CacheFileChanged,
     Cancelled,
-    ContentHashMismatch,
     InvalidRequest,
     InvalidTree,
 )
@@ -67,6 +63,10 @@ class TreeCommand:
     atom_size: int
     runner: str
     annotations: dict[str, formats.JSON]
+    #: The command's name in `declared_in`'s manifest, and that package (whose memo the RPC
+    #: layer keeps the annotations' serialized form in: they are immutable per package).
+    original_name: str = ""
+    declared_package: StoredPackage | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,7 @@ class TreeAtom:
     name: str
     package_id: str
     package: StoredPackage = field(repr=False, compare=False)
+    checked: contents.Checked = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,12 @@ class TreeLoader:
 
         if len(requests) == 1:
             return [load(requests[0])]
+        if all(r.sha256 in self.loader.memory for r in requests):
+            # A warm tree: every load is a memory hit of microseconds, and handing each to a
+            # thread of the pool and waiting for it cost more than the whole rest of the call.
+            # (A resolution's hashes are lowercase hex, the memory tier's keys; any other
+            # spelling only misses here and takes the pool.)
+            return [load(request) for request in requests]
         slots = threading.BoundedSemaphore(self.max_parallel)
         futures: list[concurrent.futures.Future[LoadResult]] = []
         for request in requests:
@@ -354,8 +361,9 @@ def _mounts(graph: _Graph, loaded: dict[PackageId, LoadResult]) -> tuple[list[Tr
         key = f"tree.bytes:{mapping.volume}:{source}"
         size: int | None = stored.memo.get(key)
         if size is None:
-            # A walk of the volume's tree, once per package (it is immutable).
-            size = stored.memo[key] = _bytes_under(volume, source)
+            # A walk of the volume's tree, once per package (it is immutable). Charged: the
+            # paths come from the caller's resolution, so the keys are as many as callers want.
+            size = stored.remember(key, _bytes_under(volume, source), cost=len(key) + 32)
         total += size
     return mounts, total
 
@@ -375,16 +383,15 @@ def _commands(
     atoms: dict[str, TreeAtom] = {}
     for resolved in graph.resolution.commands:
         declared_in = resolved.package
-        container = loaded[declared_in].package.container
-        metadata = next(
-            (c for c in container.manifest.commands if c.name == resolved.original_name), None
+        declaring = loaded[declared_in].package
+        metadata, choice = _command_facts(
+            declaring, resolved.original_name, resolved.name, str(declared_in)
         )
         if metadata is None:
             raise InvalidTree(
                 f'Unable to find the "{resolved.original_name}" command metadata in the '
                 f'"{declared_in}" package'
             )
-        choice = _atom_for(resolved.name, metadata, str(declared_in))
         if choice is None:
             warnings.append(
                 f'Skipping unsupported command "{resolved.name}" of "{declared_in}" '
@@ -436,9 +443,32 @@ def _commands(
                 atom_size=atom.size,
                 runner=metadata.runner,
                 annotations=metadata.annotations,
+                original_name=resolved.original_name,
+                declared_package=declaring,
             )
         )
     return commands, list(atoms.values())
+
+
+_Choice = tuple[str, str | None] | None
+
+
+def _command_facts(
+    stored: StoredPackage, original_name: str, name: str, package_id: str
+) -> tuple[formats.Command | None, _Choice]:
+    """The manifest's command `original_name` and the atom it runs under `name` (`_atom_for`),
+    looked up once per package and remembered (charged) with it: a warm tree repeated the
+    manifest search and the annotation parsing on every call."""
+    key = f"tree.command:{original_name}:{name}"
+    known: tuple[formats.Command | None, _Choice] | None = stored.memo.get(key)
+    if known is None:
+        metadata = next(
+            (c for c in stored.container.manifest.commands if c.name == original_name), None
+        )
+        # An `InvalidTree` of `_atom_for` (naming `package_id`) is raised, never remembered.
+        choice = None if metadata is None else _atom_for(name, metadata, package_id)
+        known = stored.remember(key, (metadata, choice), cost=2 * len(key) + 64)
+    return known
 
 
 def _atom_for(
@@ -468,74 +498,19 @@ def _atom_for(
 # -- atoms ----------------------------------------------------------------------------------------
 
 
-def _signature_sha256(signature: str) -> str | None:
-    algorithm, _, encoded = signature.partition(":")
-    try:
-        digest = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return digest.hex() if algorithm == "sha256" and len(digest) == 32 else None
-
-
 def _verified_atom(stored: StoredPackage, name: str, package_id: str) -> TreeAtom:
     """The atom with its sha256 computed from its bytes (once per package, kept in its memo),
-    refused when it differs from the manifest's signature."""
-    key = f"tree.atom_sha256:{name}"
-    cached: tuple[str, int] | None = stored.memo.get(key)
-    if cached is None:
-        digest, size = hashlib.sha256(), 0
-        for piece in _atom_pieces(stored, name, CHUNK):
-            digest.update(piece)
-            size += len(piece)
-        cached = (digest.hexdigest(), size)
-        signed = next((a.signature for a in stored.container.manifest.atoms if a.name == name), "")
-        expected = _signature_sha256(signed)
-        if expected is not None and expected != cached[0]:
-            raise ContentHashMismatch(
-                what=f"the '{name}' atom of {package_id}", expected=expected, actual=cached[0]
-            )
-        stored.memo[key] = cached
-    return TreeAtom(cached[0], cached[1], name, package_id, stored)
-
-
-def _atom_pieces(stored: StoredPackage, name: str, size: int) -> Iterator[bytes | memoryview]:
-    """The one place atom bytes are read: the atom's content handle, at most `size` at a time
-    (views of a package in memory, bounded reads of a file on disk; a tar.gz member is inflated
-    piece by piece). A cache file that shrinks meanwhile is `CacheFileChanged`, as in Load."""
-    content = stored.container.get_atom(name)
-    if content is None:
-        raise InvalidTree(f"the '{name}' atom disappeared from its package")
-    try:
-        yield from content.views(size)
-    except formats.ContentChanged as exc:
-        raise CacheFileChanged(
-            f"the cached file of {stored.hash.hex} changed while its '{name}' atom was being "
-            f"read ({exc}); try again",
-            sha256=stored.hash.hex,
-            file=stored.cache_name or "",
-        ) from None
+    refused when it differs from the manifest's signature: GetAtom's check (`contents`)."""
+    checked = contents.checked_atom(stored, name, what=f"the '{name}' atom of {package_id}")
+    return TreeAtom(checked.sha256, checked.size, name, package_id, stored, checked)
 
 
 def atom_chunks(atom: TreeAtom, size: int = CHUNK) -> Iterator[tuple[int, bytes]]:
-    """(offset, bytes) pieces of an atom, at most `size` each, hashed as they go.
-
-    The last piece is held back until the whole atom has hashed to `atom.sha256`, so a client
-    never receives all of an atom whose bytes changed under us (a mapped cache file overwritten):
-    it receives `ContentHashMismatch` instead.
-    """
-    digest = hashlib.sha256()
+    """(offset, bytes) pieces of an atom, at most `size` each: GetAtom's checked stream
+    (`contents.Checked.chunks`), so a client never receives all of an atom whose bytes changed
+    under us; it receives `ContentHashMismatch` instead."""
     offset = 0
-    held: bytes | None = None
-    for piece in _atom_pieces(atom.package, atom.name, size):
-        if held is not None:
-            yield offset - len(held), held
-        held = bytes(piece)  # a view is valid only until the next piece is read
-        digest.update(held)
-        offset += len(held)
-    actual = digest.hexdigest()
-    if actual != atom.sha256 or offset != atom.size:
-        raise ContentHashMismatch(
-            what=f"the '{atom.name}' atom of {atom.package_id}", expected=atom.sha256, actual=actual
-        )
-    if held is not None:
-        yield offset - len(held), held
+    for piece in atom.checked.chunks(size):
+        data = bytes(piece)  # a protobuf bytes field takes no view
+        yield offset, data
+        offset += len(data)

@@ -56,7 +56,8 @@ def _rss() -> int | None:
     return None
 
 
-def _tar_gz(members: list[tuple[str, bytes]]) -> bytes:
+def tar_gz(members: list[tuple[str, bytes]]) -> bytes:
+    """A tar.gz of `members` (name, bytes), PAX format, reproducible (mtime 0)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, content in members:
@@ -184,7 +185,7 @@ def test_atom_signatures_whatever_the_member_order(
     big, other, small = os.urandom(50_000), os.urandom(40_000), b"\0asm"
     members = [("big.wasm", big), ("other.bin", other), ("small.wasm", small)]
     manifest = ("wasmer.toml", MANIFEST)
-    data = _tar_gz([manifest, *members] if manifest_first else [*members, manifest])
+    data = tar_gz([manifest, *members] if manifest_first else [*members, manifest])
     with open_package(data) as package:
         signatures = {a.name: a.signature for a in package.manifest.atoms}
         for name, content in (("big", big), ("small", small)):
@@ -224,12 +225,12 @@ def test_oversized_manifest_is_refused() -> None:
     """The manifest is parsed in memory, so it has its own cap."""
     manifest = b"# " + b"x" * (5 * MiB) + b"\n" + MANIFEST
     with pytest.raises(FormatError, match="limit for a manifest"):
-        open_package(_tar_gz([("wasmer.toml", manifest), ("big.wasm", b""), ("small.wasm", b"")]))
+        open_package(tar_gz([("wasmer.toml", manifest), ("big.wasm", b""), ("small.wasm", b"")]))
 
 
 def test_gzip_integrity_errors_are_format_errors() -> None:
     """A bad CRC, trailing garbage after a member, or a truncated stream fail the open."""
-    good = _tar_gz([("wasmer.toml", b'[package]\nname = "a/b"\nversion = "1.0.0"\n')])
+    good = tar_gz([("wasmer.toml", b'[package]\nname = "a/b"\nversion = "1.0.0"\n')])
     bad_crc = good[:-8] + bytes(b ^ 0xFF for b in good[-8:-4]) + good[-4:]
     for raw in (bad_crc, good + b"garbage", good[:-3]):
         with pytest.raises(FormatError, match="cannot decode"):

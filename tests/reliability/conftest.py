@@ -8,7 +8,9 @@ Every loop here has a count and a deadline; every socket is on 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
+import io
 import json
 import os
 import random
@@ -17,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -62,6 +65,22 @@ def error_info(err: grpc.RpcError) -> error_details_pb2.ErrorInfo:
 
 
 # -- the cache folder -----------------------------------------------------------------------------
+
+
+def big_package(folder: Path, size: int) -> tuple[str, str]:
+    """A valid tar.gz package of `size` random bytes, far more than a flow-control window or
+    than gRPC would buffer whole: its file:// URL and sha256."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        manifest = b'[package]\nname = "test/big"\nversion = "1.0.0"\n'
+        for name, data in [("wasmer.toml", manifest), ("big.bin", os.urandom(size))]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    data = gzip.compress(buffer.getvalue(), compresslevel=1, mtime=0)
+    path = folder / "big.tar.gz"
+    path.write_bytes(data)
+    return path.as_uri(), hashlib.sha256(data).hexdigest()
 
 
 def sha256_file(path: Path) -> str:

@@ -20,14 +20,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import cbor2
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from pkgloader.formats import writer
 from pkgloader_client import pb
 
 from tests.conftest import load_request
+from tests.formats.test_tarball import tar_gz
 from tests.replicas import Replica, replicas
 
 MiB = 1 << 20
@@ -35,18 +36,9 @@ MiB = 1 << 20
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
 
 
-def _uleb(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _webc(path: Path, atom_size: int) -> str:
     """Write a valid webc v1 package with one atom of `atom_size` pseudo-random bytes, in
-    1 MiB pieces; return its sha256."""
+    1 MiB pieces (the public writer streams them); return its sha256."""
     pieces = [hashlib.sha256(str(i).encode()).digest() * (MiB // 32) for i in range(2)]
 
     def atom() -> Iterator[bytes]:
@@ -60,32 +52,17 @@ def _webc(path: Path, atom_size: int) -> str:
     signature = hashlib.sha256()
     for piece in atom():
         signature.update(piece)
-    manifest = cbor2.dumps(
-        {
-            "package": {"wapm": {"name": "test/big", "version": "1.0.0"}},
-            "atoms": {
-                "big": {
-                    "kind": "https://webc.org/kind/wasm",
-                    "signature": "sha256:" + base64.b64encode(signature.digest()).decode(),
-                }
-            },
-        }
-    )
-    entry = (3).to_bytes(7, "little") + b"\x01" + (0).to_bytes(8, "little")
-    entry += atom_size.to_bytes(8, "little") + b"big"
-    header = len(entry).to_bytes(8, "little") + entry
-    blob_len = len(_uleb(len(header))) + len(header) + atom_size
-    digest = hashlib.sha256()
-    with open(path, "wb") as f:
-        for part in (
-            b"\x00webc001" + b"-" * 16 + bytes(256 + 4 + 1024),
-            _uleb(len(manifest)) + manifest,
-            _uleb(blob_len) + _uleb(len(header)) + header,
-            *atom(),
-        ):
-            f.write(part)
-            digest.update(part)
-    return digest.hexdigest()
+    manifest = {
+        "package": {"wapm": {"name": "test/big", "version": "1.0.0"}},
+        "atoms": {
+            "big": {
+                "kind": "https://webc.org/kind/wasm",
+                "signature": "sha256:" + base64.b64encode(signature.digest()).decode(),
+            }
+        },
+    }
+    atoms = {"big": writer.Content(atom_size, atom)}
+    return writer.write_file(path, writer.iter_v1(manifest, atoms, {})).sha256
 
 
 def _cache(tmp_path: Path, atom_size: int) -> tuple[Path, Path, str]:
@@ -207,15 +184,8 @@ def test_a_cache_file_truncated_while_validate_cache_hashes_it_leaves_the_server
 
 
 def _zeros_tar_gz(i: int) -> bytes:
-    buffer = io.BytesIO()
     manifest = f'[package]\nname = "test/zeros{i}"\nversion = "1.0.{i}"\n'.encode()
-    members = [("wapm.toml", manifest)] + [(f"data/z{k}.bin", bytes(MiB)) for k in range(8)]
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, content in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-    return gzip.compress(buffer.getvalue(), mtime=0)
+    return tar_gz([("wapm.toml", manifest)] + [(f"data/z{k}.bin", bytes(MiB)) for k in range(8)])
 
 
 def test_memory_tier_charges_what_parsed_tar_gz_entries_hold(tmp_path: Path) -> None:

@@ -7,11 +7,6 @@ The server is a `pkgloader serve` subprocess, so its /proc figures are its own.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
-import os
-import tarfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +22,7 @@ from tests.reliability.conftest import (
     ProcStats,
     Served,
     assert_cache_sound,
+    big_package,
     load,
     wait_until,
 )
@@ -68,29 +64,12 @@ def warm(server: Served, url: str, sha: str, n: int = 8) -> None:
         list(pool.map(one, range(n)))
 
 
-def big_package(folder: Path, size: int = 32 << 20) -> tuple[str, str]:
-    """A valid tar.gz package of `size` random bytes (too big for gRPC to buffer whole)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in [("wasmer.toml", MANIFEST), ("big.bin", os.urandom(size))]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    data = gzip.compress(buffer.getvalue(), compresslevel=1, mtime=0)
-    path = folder / "big.tar.gz"
-    path.write_bytes(data)
-    return path.as_uri(), hashlib.sha256(data).hexdigest()
-
-
-MANIFEST = b'[package]\nname = "test/big"\nversion = "1.0.0"\n'
-
-
 def test_cancelled_streams_free_threads_fds_and_mappings(served, tmp_path: Path) -> None:
     """20 Loads cancelled mid-stream: threads, fds and cache files held (open or mapped) return
     to baseline."""
     cache, files = tmp_path / "cache", tmp_path / "files"
     files.mkdir()
-    url, sha = big_package(files)
+    url, sha = big_package(files, 32 << 20)
     # No memory tier: every hit holds a cache file open, visible in /proc/<pid>/fd.
     server = served(memory_cache_bytes=0, workers=8, file_roots=f"{FIXTURES}:{files}")
     warm(server, url, sha)

@@ -6,16 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
-import hashlib
-import io
-import os
 import queue
 import socket
 import struct
 import subprocess
 import sys
-import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -33,7 +28,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from pkgloader_client import SERVICE_NAME, PackageLoaderServiceStub, pb
 
 from tests.conftest import FIXTURES, HELLO, WABT, Running, load_request
-from tests.reliability.conftest import Served, error_info, load, wait_until
+from tests.reliability.conftest import Served, big_package, error_info, load, wait_until
 
 LOAD = f"/{SERVICE_NAME}/Load"
 IN_FLIGHT = 64
@@ -183,21 +178,6 @@ def stalled() -> Iterator[Callable[[int], StalledConnection]]:
         connection.close()
 
 
-def big_package(folder: Path, size: int = 40 << 20) -> tuple[str, str]:
-    """A valid tar.gz package of `size` random bytes, far more than a flow-control window."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        manifest = b'[package]\nname = "test/big"\nversion = "1.0.0"\n'
-        for name, data in [("wasmer.toml", manifest), ("big.bin", os.urandom(size))]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    data = gzip.compress(buffer.getvalue(), compresslevel=1, mtime=0)
-    path = folder / "big.tar.gz"
-    path.write_bytes(data)
-    return path.as_uri(), hashlib.sha256(data).hexdigest()
-
-
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 WINDOW = 65_535  # HTTP/2's initial window, of the connection and of each stream
 
@@ -221,7 +201,7 @@ def _start_stalled_loads(
     connection that starts 8 content Loads of it and never reads."""
     files = tmp_path / "files"
     files.mkdir()
-    url, sha = big_package(files)
+    url, sha = big_package(files, 40 << 20)
     server = served(workers=4, call_timeout=3, file_roots=f"{FIXTURES}:{files}", **settings)
     load(server.stub, url, sha)  # cached (disk and memory): every Load below is warm
     load(server.stub, HELLO.url, HELLO.sha256)

@@ -32,7 +32,7 @@ from pkgloader.resolve import (
     ResolvedCommand,
     Resolves,
 )
-from pkgloader.tree import PackageTree, TreeLoader, TreeRoot, atom_chunks
+from pkgloader.tree import PackageTree, TreeCommand, TreeLoader, TreeRoot, atom_chunks
 
 CHUNK = 1024 * 1024  # the contract: content chunks of at most 1 MiB
 SCAN_BATCH = 1000
@@ -618,24 +618,34 @@ def resolution_from_proto(message: pb.Resolution) -> Resolution:
 # -- LoadTree -------------------------------------------------------------------------------------
 
 
+def _tree_command(c: TreeCommand) -> pb.TreeCommand:
+    message = pb.TreeCommand(
+        name=c.name,
+        declared_in=c.declared_in,
+        package=c.package,
+        package_sha256=c.package_sha256,
+        atom_name=c.atom_name,
+        atom_sha256=c.atom_sha256,
+        atom_size=c.atom_size,
+        runner=c.runner,
+    )
+    # Immutable per package, so serialized once and kept (charged) with the declaring package:
+    # building the Struct from the dict cost 12 times merging its bytes.
+    stored, key = c.declared_package, f"pb_annotations:{c.original_name}"
+    annotations: bytes | None = None if stored is None else stored.memo.get(key)
+    if annotations is None:
+        annotations = _struct(c.annotations).SerializeToString()
+        if stored is not None:
+            annotations = stored.remember(key, annotations)
+    message.annotations.MergeFromString(annotations)
+    return message
+
+
 def _binary_package(tree: PackageTree) -> pb.BinaryPackage:
     message = pb.BinaryPackage(
         id=tree.id,
         package_ids=tree.package_ids,
-        commands=[
-            pb.TreeCommand(
-                name=c.name,
-                declared_in=c.declared_in,
-                package=c.package,
-                package_sha256=c.package_sha256,
-                atom_name=c.atom_name,
-                atom_sha256=c.atom_sha256,
-                atom_size=c.atom_size,
-                runner=c.runner,
-                annotations=_struct(c.annotations),
-            )
-            for c in tree.commands
-        ],
+        commands=[_tree_command(c) for c in tree.commands],
         mounts=[
             pb.TreeMount(
                 mount_path=m.mount_path,
