@@ -373,12 +373,15 @@ def _commands(
 ) -> tuple[list[TreeCommand], list[TreeAtom]]:
     commands: list[TreeCommand] = []
     atoms: dict[str, TreeAtom] = {}
+    # Indexed once per package: a scan per command is quadratic, and a crafted package with
+    # 100,000 commands kept a worker busy for many minutes.
+    by_name: dict[PackageId, dict[str, formats.Command]] = {}
     for resolved in graph.resolution.commands:
         declared_in = resolved.package
         container = loaded[declared_in].package.container
-        metadata = next(
-            (c for c in container.manifest.commands if c.name == resolved.original_name), None
-        )
+        if declared_in not in by_name:
+            by_name[declared_in] = {c.name: c for c in container.manifest.commands}
+        metadata = by_name[declared_in].get(resolved.original_name)
         if metadata is None:
             raise InvalidTree(
                 f'Unable to find the "{resolved.original_name}" command metadata in the '
