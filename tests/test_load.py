@@ -14,6 +14,7 @@ import zstandard
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from pkgloader import __version__
+from pkgloader.formats import writer as w
 from pkgloader_client import pb
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
@@ -585,3 +586,54 @@ def test_file_url_errors_show_the_url_as_the_client_wrote_it(
         lambda: server.load(missing.as_uri(), HELLO.sha256), grpc.StatusCode.NOT_FOUND
     )
     assert error_info(err).metadata["url"] == missing.as_uri()
+
+
+def _nested(levels: int) -> object:
+    value: object = "leaf"
+    for _ in range(levels):
+        value = {"k": value}
+    return value
+
+
+def _nested_package(tmp_path: Path, name: str, depth: int) -> tuple[str, str]:
+    """A v3 package whose command annotations and binding annotations reach `depth` levels
+    from the manifest's root (root 1, commands 2, the command 3, its annotations 4)."""
+    manifest = {
+        "package": {"wapm": {"name": "test/nested", "version": "1.0.0"}},
+        "atoms": {"main": {"kind": "https://webc.org/kind/wasm", "signature": ""}},
+        "commands": {
+            "run": {
+                "runner": "https://webc.org/runner/wasi",
+                "annotations": {"wasi": {"atom": "main"}, "x": _nested(depth - 4)},
+            }
+        },
+        "bindings": [{"name": "b", "kind": "wit@0.1.0", "annotations": _nested(depth - 3)}],
+    }
+    path = tmp_path / "files" / name
+    path.write_bytes(w.write_indexed(manifest, {"main": b"\0asm\x01\0\0\0"}, {}, v3=True))
+    return path.as_uri(), sha256(path.read_bytes())
+
+
+def test_manifest_nested_past_what_clients_decode_is_invalid_package_not_internal(
+    server: Running, tmp_path: Path
+) -> None:
+    """Annotations nested deeper than protobuf decoders accept (100 message levels) are refused
+    as INVALID_PACKAGE naming the limit; before, building the Struct failed: INTERNAL."""
+    url, sha = _nested_package(tmp_path, "deep.webc", 40)
+    err = expect_error(
+        lambda: list(server.stub.Load(load_request(url, sha))), grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert error_info(err).reason == "INVALID_PACKAGE"
+    assert "nested deeper than 32 levels" in err.details()
+
+
+def test_manifest_at_the_nesting_limit_loads_and_decodes_in_a_python_client(
+    server: Running, tmp_path: Path
+) -> None:
+    """A manifest exactly at the limit (32 levels, in a command's and a binding's annotations)
+    loads, and the Python client (upb, 100 levels) decodes the response."""
+    url, sha = _nested_package(tmp_path, "limit.webc", 32)
+    [item] = list(server.stub.Load(load_request(url, sha)))
+    annotations = item.package.manifest.commands[0].annotations
+    assert "x" in annotations.fields
+    assert item.package.manifest.bindings[0].annotations.HasField("struct_value")

@@ -3,6 +3,7 @@ streams, the reference's INVALID_TREE failures, and a caller's resolution checke
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import json_format
+from pkgloader.formats import writer as w
 from pkgloader_client import pb
 from pytest_httpserver import HTTPServer
 
@@ -574,3 +576,49 @@ def test_an_unresolvable_dependency_keeps_resolves_status(server: Running) -> No
         lambda: load_tree(server, tree_request(specifier=STATIC.url)), grpc.StatusCode.NOT_FOUND
     )
     assert "wasmer/static-web-server" in err.details()
+
+
+def _summary(url: str, sha: str) -> pb.PackageSummary:
+    return pb.PackageSummary(dist=pb.DistributionInfo(webc_url=url, webc_sha256=sha))
+
+
+class _CountingCommands(tuple):  # type: ignore[type-arg]
+    """A manifest's command tuple that counts how often it is walked."""
+
+    walks = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        type(self).walks += 1
+        return super().__iter__()
+
+
+def test_commands_are_looked_up_by_name_not_by_a_scan_per_command(
+    server: Running, files: Path
+) -> None:
+    """A tree of one package with 2,000 commands walks that package's command list a bounded
+    number of times, not once per command: a scan per command made a crafted package with
+    100,000 commands (a 10 MB file) hold a worker for minutes (quadratic)."""
+    names = [f"c{i:05d}" for i in range(2000)]
+    manifest = {
+        "package": {"wapm": {"name": "test/many", "version": "1.0.0"}},
+        "atoms": {"main": {"kind": "https://webc.org/kind/wasm", "signature": ""}},
+        "commands": {
+            n: {"runner": "https://webc.org/runner/wasi", "annotations": {"wasi": {"atom": "main"}}}
+            for n in names
+        },
+    }
+    data = w.write_indexed(manifest, {"main": b"\0asm\x01\0\0\0"}, {}, v3=True)
+    path = files / "many.webc"
+    path.write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    list(server.stub.Load(pb.LoadRequest(summary=_summary(path.as_uri(), sha)), timeout=60))
+    stored = server.app.loader.memory.get(sha)
+    assert stored is not None
+    container = stored.container
+    container.manifest = dataclasses.replace(
+        container.manifest, commands=_CountingCommands(container.manifest.commands)
+    )
+    _CountingCommands.walks = 0
+    package, _ = load_tree(server, pb.LoadTreeRequest(summary=_summary(path.as_uri(), sha)))
+    assert [c.name for c in package.commands] == names
+    assert _CountingCommands.walks < 10

@@ -381,6 +381,8 @@ def _commands(
 ) -> tuple[list[TreeCommand], list[TreeAtom]]:
     commands: list[TreeCommand] = []
     atoms: dict[str, TreeAtom] = {}
+    # Indexed once per package: a scan per command is quadratic, and a crafted package with
+    # 100,000 commands kept a worker busy for many minutes.
     for resolved in graph.resolution.commands:
         declared_in = resolved.package
         declaring = loaded[declared_in].package
@@ -462,13 +464,24 @@ def _command_facts(
     key = f"tree.command:{original_name}:{name}"
     known: tuple[formats.Command | None, _Choice] | None = stored.memo.get(key)
     if known is None:
-        metadata = next(
-            (c for c in stored.container.manifest.commands if c.name == original_name), None
-        )
+        metadata = _commands_by_name(stored).get(original_name)
         # An `InvalidTree` of `_atom_for` (naming `package_id`) is raised, never remembered.
         choice = None if metadata is None else _atom_for(name, metadata, package_id)
         known = stored.remember(key, (metadata, choice), cost=2 * len(key) + 64)
     return known
+
+
+def _commands_by_name(stored: StoredPackage) -> dict[str, formats.Command]:
+    """The manifest's commands by name, built once per package: a scan per command made a tree
+    of a package with 100,000 commands quadratic (minutes of CPU the caller cannot cancel)."""
+    index: dict[str, formats.Command] | None = stored.memo.get("tree.commands")
+    if index is None:
+        commands = stored.container.manifest.commands
+        index = {c.name: c for c in commands}
+        # A dict slot and the key's reference per command; the commands themselves are the
+        # manifest's, already charged with the package.
+        index = stored.remember("tree.commands", index, cost=64 + 100 * len(commands))
+    return index
 
 
 def _atom_for(

@@ -3,6 +3,7 @@ commands, mounts, and every failure with its status, ErrorInfo reason and the re
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Callable
@@ -301,6 +302,32 @@ def test_registry_refusing_the_query_is_failed_precondition(
     assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "REGISTRY_REJECTED")
     assert message.endswith("replied with 401 Unauthorized")
     assert metadata["status"] == "401"
+
+
+def test_registry_answer_nested_past_the_json_parser_is_unavailable_not_internal(
+    with_registry: Callable[..., Running], registry: Registry
+) -> None:
+    """A reply nested deeper than Python's json recursion limit is a malformed reply
+    (UNAVAILABLE, REGISTRY_UNAVAILABLE), not a RecursionError that surfaces as INTERNAL."""
+    (registry.root / "test--deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    code, reason, message, _ = failure(with_registry(), "test/deep")
+    assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "REGISTRY_UNAVAILABLE")
+    assert message.endswith("Unable to deserialize the response")
+
+
+def test_version_whose_manifest_nests_past_the_json_parser_is_skipped(
+    with_registry: Callable[..., Running], registry: Registry
+) -> None:
+    """A webcManifest nested deeper than the json parser's limit is undecodable metadata: that
+    version is skipped like any other that does not decode, never INTERNAL."""
+    registry.publish("test/deepman", [("1.0.0", package("test/deepman", "1.0.0"), None)])
+    path = registry.root / "test--deepman.json"
+    answer = json.loads(path.read_text())
+    dist = answer["data"]["getPackage"]["versions"][0]["v2"]
+    dist["webcManifest"] = "[" * 100_000 + "]" * 100_000
+    path.write_text(json.dumps(answer))
+    code, reason, _, _ = failure(with_registry(), "test/deepman")
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "NO_MATCHING_VERSION")
 
 
 def test_registry_outside_the_upstream_policy_is_never_contacted(

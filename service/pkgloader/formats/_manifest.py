@@ -60,6 +60,30 @@ class Manifest:
     raw: dict[str, JSON]
 
 
+# Annotations reach callers as protobuf Structs, which cost about three message levels per map
+# level, and protobuf's usual decoders (Python's upb, Java, C++) stop at 100 levels: a command
+# annotation nested 32 maps deep no longer decodes. 32 levels from the manifest's root keep every
+# manifest value (bindings are the deepest, in a Value) decodable by such clients, with a margin,
+# and real manifests nest a handful of levels. The CBOR decoder's own limit is about stack depth
+# and applies to indexes too; this one is about what a manifest may hold, whatever its format.
+MAX_MANIFEST_DEPTH = 32
+
+
+def _check_depth(top: object) -> None:
+    pending = [(top, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            children = list(value.values())
+        elif isinstance(value, list):
+            children = list(value)
+        else:
+            continue
+        if depth > MAX_MANIFEST_DEPTH:
+            raise FormatError(f"manifest: nested deeper than {MAX_MANIFEST_DEPTH} levels")
+        pending.extend((child, depth + 1) for child in children)
+
+
 def _map(value: object, where: str) -> dict[str, object]:
     if not isinstance(value, dict):
         raise FormatError(f"manifest: {where} must be a map, found {type(value).__name__}")
@@ -107,6 +131,9 @@ def manifest_from_cbor(value: object, atom_sizes: Mapping[str, int]) -> Manifest
     type; unknown keys are kept in ``raw`` and otherwise ignored.
     """
     top = _map(value, "the manifest")
+    # Checked in JSON form: a CBOR tag becomes one more map level there.
+    raw: Any = to_jsonable(top)
+    _check_depth(raw)
 
     entrypoint = top.get("entrypoint")
     if entrypoint is not None:
@@ -167,7 +194,6 @@ def manifest_from_cbor(value: object, atom_sizes: Mapping[str, int]) -> Manifest
             )
         )
 
-    raw: Any = to_jsonable(top)
     return Manifest(
         entrypoint=entrypoint,
         commands=tuple(commands),

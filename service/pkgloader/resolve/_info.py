@@ -31,7 +31,8 @@ def manifest_from_json(text: str, where: str) -> dict[str, Any]:
         raise InvalidPackage(f"{where}: the manifest is larger than {MAX_MANIFEST_JSON} bytes")
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    # RecursionError: nested deeper than json's C scanner allows; as malformed as bad syntax.
+    except (ValueError, RecursionError) as exc:
         raise InvalidPackage(f"{where}: Unable to deserialize the manifest: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidPackage(f"{where}: the manifest is not a JSON object")

@@ -237,7 +237,9 @@ class RegistrySource:
             response.close()
         try:
             reply = json.loads(raw)
-        except ValueError:
+        # json's C scanner raises RecursionError (not a ValueError) on deep nesting; it has
+        # unwound by then, so a reply nested too deep is just one more malformed reply.
+        except (ValueError, RecursionError):
             raise _unavailable(url, what, "Unable to deserialize the response") from None
         if not isinstance(reply, dict):
             raise _unavailable(url, what, "Unable to deserialize the response")
