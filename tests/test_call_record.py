@@ -92,9 +92,16 @@ def test_the_record_is_current_in_unary_and_streaming_handlers(
     they write reaches the observers."""
     address, seen = record_server
     with grpc.insecure_channel(address) as channel:
-        assert channel.unary_unary(f"/{_SERVICE}/Unary")(b"", metadata=_ids("u-1")) == b"u-1"
-        items = list(channel.unary_stream(f"/{_SERVICE}/Stream")(b"", metadata=_ids("s-1")))
-        bidi = channel.stream_stream(f"/{_SERVICE}/Bidi")(iter([b"a", b"b"]), metadata=_ids("b-1"))
+        assert (
+            channel.unary_unary(f"/{_SERVICE}/Unary", None, None)(b"", metadata=_ids("u-1"))
+            == b"u-1"
+        )
+        items = list(
+            channel.unary_stream(f"/{_SERVICE}/Stream", None, None)(b"", metadata=_ids("s-1"))
+        )
+        bidi = channel.stream_stream(f"/{_SERVICE}/Bidi", None, None)(
+            iter([b"a", b"b"]), metadata=_ids("b-1")
+        )
         assert list(bidi) == [b"b-1/a", b"b-1/b"]
     assert [i.decode().split(":")[:2] for i in items] == [["s-1", "0"], ["s-1", "1"], ["s-1", "2"]]
     assert all(i.decode().split(":")[2].startswith("rpc") for i in items)  # grpc's workers
@@ -111,7 +118,7 @@ def test_concurrent_streams_never_see_each_others_record(
     """Many streams at once on 4 worker threads: each generator step sees its own call's id."""
     address, _ = record_server
     with grpc.insecure_channel(address) as channel:
-        stream = channel.unary_stream(f"/{_SERVICE}/Stream")
+        stream = channel.unary_stream(f"/{_SERVICE}/Stream", None, None)
         calls_ = [stream(b"", metadata=_ids(f"c-{n}")) for n in range(24)]
         for n, call in enumerate(calls_):
             assert {i.decode().split(":")[0] for i in call} == {f"c-{n}"}
@@ -125,7 +132,7 @@ def test_a_client_streaming_method_is_authenticated_and_logged(
     address, seen = record_server
     caplog.set_level(logging.INFO, logger="pkgloader.access")
     with grpc.insecure_channel(address) as channel:
-        method = channel.stream_unary(f"/{_SERVICE}/ClientStream")
+        method = channel.stream_unary(f"/{_SERVICE}/ClientStream", None, None)
         with pytest.raises(grpc.RpcError) as refused:
             method(iter([b"x"]), metadata=(("x-request-id", "anon"),))
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
