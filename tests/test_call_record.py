@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -40,6 +41,19 @@ def _stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         yield f"{record.request_id}:{n}:{threading.current_thread().name}".encode()
 
 
+_CLOSED = threading.Event()
+
+
+def _endless(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+    try:
+        while True:
+            yield b"x" * 1024
+    finally:
+        record = calls.current_or_none()
+        if record is not None and record.request_id == "gone":
+            _CLOSED.set()
+
+
 def _client_stream(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
     record = calls.current_or_none()
     assert record is not None
@@ -63,6 +77,7 @@ def record_server() -> Iterator[tuple[str, list[CallRecord]]]:
         "Stream": grpc.unary_stream_rpc_method_handler(_stream),
         "ClientStream": grpc.stream_unary_rpc_method_handler(_client_stream),
         "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
+        "Endless": grpc.unary_stream_rpc_method_handler(_endless),
     }
     server = grpc.server(
         futures.ThreadPoolExecutor(4, thread_name_prefix="rpc"),
@@ -166,3 +181,22 @@ def test_a_load_fills_one_record_that_the_log_and_metrics_share(
     assert registry.get_sample_value("pkgloader_served_bytes_total") == COWSAY.size
     labels = {"source": "download", "outcome": "OK"}
     assert registry.get_sample_value("pkgloader_loads_total", labels) == 1
+
+
+def test_a_stream_the_client_leaves_closes_the_servicers_generator_in_its_call(
+    record_server: tuple[str, list[CallRecord]],
+) -> None:
+    """The client cancels an endless stream: the servicer's generator is closed (its `finally`
+    runs, and sees its own call's record) and the call is recorded as CANCELLED."""
+    address, seen = record_server
+    _CLOSED.clear()
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_stream(f"/{_SERVICE}/Endless", None, None)(b"", metadata=_ids("gone"))
+        assert next(iter(call)) == b"x" * 1024
+        call.cancel()
+        assert _CLOSED.wait(30)
+    deadline = time.monotonic() + 30
+    while not any(r.request_id == "gone" for r in seen) and time.monotonic() < deadline:
+        time.sleep(0.05)  # a poll with a deadline: the record is observed after the close
+    [record] = [r for r in seen if r.request_id == "gone"]
+    assert record.code == "CANCELLED"
