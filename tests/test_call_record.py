@@ -9,10 +9,12 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from pkgloader import app as app_module
 from pkgloader.app import SERVER_OPTIONS
 from pkgloader.logs import JsonFormatter
 from pkgloader.rpc import calls
@@ -20,7 +22,7 @@ from pkgloader.rpc.auth import TokenAuth
 from pkgloader.rpc.calls import CallRecord
 from pkgloader.rpc.interceptors import CallInterceptor
 
-from tests.conftest import COWSAY, Running, load_request
+from tests.conftest import COWSAY, Running, load_request, test_settings
 
 _SERVICE = "t.Records"
 
@@ -200,3 +202,29 @@ def test_a_stream_the_client_leaves_closes_the_servicers_generator_in_its_call(
         time.sleep(0.05)  # a poll with a deadline: the record is observed after the close
     [record] = [r for r in seen if r.request_id == "gone"]
     assert record.code == "CANCELLED"
+
+
+def test_the_production_server_authenticates_a_client_streaming_service(tmp_path: Path) -> None:
+    """`create_server` with a further service of a client-streaming method: the production
+    interceptor refuses it without a token and runs it, with the caller's role, with one."""
+    app = app_module.build(test_settings(tmp_path, auth_tokens={"good": "reader"}))
+    handler = grpc.method_handlers_generic_handler(
+        _SERVICE, {"ClientStream": grpc.stream_unary_rpc_method_handler(_client_stream)}
+    )
+    server, port = app_module.create_server(app, services=[handler])
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            method = channel.stream_unary(f"/{_SERVICE}/ClientStream", None, None)
+            with pytest.raises(grpc.RpcError) as refused:
+                method(iter([b"x"]), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert method(iter([b"1", b"2"]), metadata=_ids("prod-1"), timeout=30) == b"prod-1"
+    finally:
+        server.stop(None).wait()
+        app.close()
+    labels = {"method": "ClientStream", "code": "UNAUTHENTICATED"}
+    registry = app.metrics.registry
+    assert registry.get_sample_value("pkgloader_rpc_duration_seconds_count", labels) == 1
+    labels["code"] = "OK"
+    assert registry.get_sample_value("pkgloader_rpc_duration_seconds_count", labels) == 1
