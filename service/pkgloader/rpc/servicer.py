@@ -32,6 +32,7 @@ from pkgloader.resolve import (
     ResolvedCommand,
     Resolves,
 )
+from pkgloader.rpc import calls
 from pkgloader.tree import PackageTree, TreeLoader, TreeRoot, atom_chunks
 
 CHUNK = 1024 * 1024  # the contract: content chunks of at most 1 MiB
@@ -80,8 +81,9 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
 
     def Load(self, request: pb.LoadRequest, context: grpc.ServicerContext) -> Iterator[Any]:
         dist = request.summary.dist
-        log = _log_fields(context)
-        log.update(package_id=request.summary.package_id[:200], sha256=dist.webc_sha256[:64])
+        call = calls.current()
+        call.package_id = request.summary.package_id[:200]
+        call.sha256 = dist.webc_sha256[:64]
         result = self._loader.load(
             LoadRequest(
                 url=dist.webc_url,
@@ -91,12 +93,13 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
                 size_hint=dist.webc_size if dist.HasField("webc_size") else None,
                 # The interceptor records the role when client auth is on; without it every
                 # caller may do anything, so each is ADMIN.
-                role=CallerRole.READER if log.get("role") == "reader" else CallerRole.ADMIN,
+                role=CallerRole.READER if call.role == "reader" else CallerRole.ADMIN,
             ),
             alive=context.is_active,
             timeout=_timeout(context, self._call_timeout),
         )
-        log.update(source=result.source.value, bytes=result.package.size)
+        call.source = result.source.value
+        call.package_bytes = result.package.size
         # Ready-made LoadResponse bytes: registered through `add_to_server`, they go out as they
         # are; registered through the generated function, they are parsed back into messages.
         ready = self.preserialized
@@ -105,7 +108,7 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
         if request.include_content:
             for message in _chunk_messages(result.package):
                 yield message if ready else pb.LoadResponse.FromString(message)
-            log["sent_bytes"] = result.package.size
+            call.sent_bytes = result.package.size
 
     def ValidateCache(
         self, request: pb.ValidateCacheRequest, context: grpc.ServicerContext
@@ -134,8 +137,9 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
             if budget < 0:
                 break
             invalid.append(item)
-        log = _log_fields(context)
-        log.update(mismatches=report.mismatch_count, invalid_packages=report.invalid_count)
+        call = calls.current()
+        call.mismatches = report.mismatch_count
+        call.invalid_packages = report.invalid_count
         return pb.ValidateCacheResponse(
             mismatches=[
                 pb.HashMismatch(
@@ -187,7 +191,7 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
                 dry_run=request.dry_run,
             )
         )
-        _log_fields(context)["removed_files"] = outcome.removed_files
+        calls.current().removed_files = outcome.removed_files
         return pb.RetainResponse(
             removed=[self._entry(e) for e in outcome.removed],
             kept_files=outcome.kept_files,
@@ -220,7 +224,7 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
     def Resolve(
         self, request: pb.ResolveRequest, context: grpc.ServicerContext
     ) -> pb.ResolveResponse:
-        _log_fields(context)["specifier"] = request.specifier[:200]
+        calls.current().specifier = request.specifier[:200]
         if self._resolver is None:  # only servers built by hand in tests; app.build wires one
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server has no resolver")
         resolved = self._resolver.resolve(request.specifier)
@@ -231,7 +235,7 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
     def LoadTree(
         self, request: pb.LoadTreeRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.LoadTreeResponse]:
-        log = _log_fields(context)
+        call = calls.current()
         if request.WhichOneof("root") == "summary":
             summary = request.summary
             dist = summary.dist
@@ -243,7 +247,8 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
             )
         else:
             root = TreeRoot(specifier=request.specifier)
-        log.update(specifier=(root.specifier or root.package_id)[:200], sha256=root.sha256)
+        call.specifier = (root.specifier or root.package_id)[:200]
+        call.sha256 = root.sha256
         resolution = None
         if request.HasField("resolution"):
             resolution = resolution_from_proto(request.resolution)
@@ -254,7 +259,7 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
             alive=context.is_active,
             timeout=_timeout(context, self._call_timeout),
         )
-        log.update(packages=len(tree.packages))
+        call.packages = len(tree.packages)
         yield pb.LoadTreeResponse(package=_binary_package(tree))
         if request.include_atoms:
             sent = 0
@@ -264,7 +269,7 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
                         atom=pb.AtomChunk(atom_sha256=atom.sha256, offset=offset, data=data)
                     )
                     sent += len(data)
-            log["sent_bytes"] = sent
+            call.sent_bytes = sent
 
     def _entry(self, entry: Entry) -> pb.CacheEntry:
         stamp = timestamp_pb2.Timestamp()
@@ -294,7 +299,7 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
         )
         for message in _content_chunks(checked):
             yield message if self.preserialized else pb.GetAtomResponse.FromString(message)
-        _log_fields(context)["sent_bytes"] = checked.size
+        calls.current().sent_bytes = checked.size
 
     def ReadFile(self, request: pb.ReadFileRequest, context: grpc.ServicerContext) -> Iterator[Any]:
         opened = self._open(request.webc_sha256, request, context)
@@ -311,7 +316,7 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
         )
         for message in _content_chunks(checked):
             yield message if self.preserialized else pb.ReadFileResponse.FromString(message)
-        _log_fields(context)["sent_bytes"] = checked.size
+        calls.current().sent_bytes = checked.size
 
     def ListDirectory(
         self, request: pb.ListDirectoryRequest, context: grpc.ServicerContext
@@ -344,8 +349,8 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
                 package_id=summary.package_id,
                 size_hint=summary.dist.webc_size if summary.dist.HasField("webc_size") else None,
             )
-        log = _log_fields(context)
-        log.update(sha256=(sha256 or (load.sha256 if load else ""))[:64])
+        call = calls.current()
+        call.sha256 = (sha256 or (load.sha256 if load else ""))[:64]
         opened = contents.open_contents(
             self._loader,
             sha256,
@@ -353,7 +358,8 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
             alive=context.is_active,
             timeout=_timeout(context, self._call_timeout),
         )
-        log.update(source=opened.source.value, bytes=opened.size)
+        call.source = opened.source.value
+        call.package_bytes = opened.size
         return opened
 
 
@@ -378,11 +384,6 @@ def _seconds(duration: duration_pb2.Duration, name: str) -> float:
             "and 999999999 nanoseconds"
         )
     return duration.seconds + duration.nanos / 1e9
-
-
-def _log_fields(context: grpc.ServicerContext) -> dict[str, Any]:
-    call = getattr(context, "pkgloader_call", None)
-    return call.fields if call is not None else {}
 
 
 def _enum(table: Mapping[Any, Any], value: int, name: str) -> Any:
