@@ -4,6 +4,7 @@ by the code path production uses (`app.build`), real Loads from a loopback upstr
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import threading
@@ -23,6 +24,7 @@ from pkgloader_client import SERVICE_NAME
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from tests._trees import static_tree, tree_request
 from tests.conftest import DASH, HELLO, Running, Waiters, load_request
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -396,3 +398,46 @@ def test_an_exporter_the_server_lacks_is_a_clear_error(otel_env, name: str, valu
     otel_env.setenv(name, value)
     with pytest.raises(tracing.TracingConfigError, match=name):
         tracing.from_env()
+
+
+def test_each_package_of_a_load_tree_has_a_span_under_the_rpcs(
+    make_server, otel_env, otlp_grpc, tmp_path
+) -> None:
+    """LoadTree: one tree-package span per package, each a direct child of the server span,
+    with the package's id and sha256, and the Load's own spans (memory, disk, ...) under it."""
+    endpoint, received = otlp_grpc
+    server = _traced_server(make_server, otel_env, endpoint, "grpc")
+    tree = static_tree(tmp_path / "files")
+    responses = list(
+        server.stub.LoadTree(tree_request(tree.resolution), timeout=60, metadata=_traceparent())
+    )
+    assert responses[0].WhichOneof("item") == "package"
+    _flush(server)
+
+    [root] = [s for s in received.named(f"/{SERVICE_NAME}/LoadTree") if s.trace_id == TRACE_ID]
+    packages = _children(received, root)[traces.TREE_PACKAGE]
+    assert {(p.attributes[traces.PACKAGE_ID], p.attributes[traces.SHA256]) for p in packages} == {
+        (tree.root.id, tree.root.sha256),
+        (tree.dependency.id, tree.dependency.sha256),
+    }
+    for package in packages:
+        assert package.attributes[traces.TIER] in {"disk", "download"}
+        assert traces.MEMORY in _children(received, package)
+
+
+def test_a_content_encoded_download_has_a_decode_span(
+    make_server, otel_env, otlp_grpc, httpserver: HTTPServer
+) -> None:
+    """A gzip-encoded body: a decode span (child of the server span) naming the coding and the
+    decoded bytes."""
+    endpoint, received = otlp_grpc
+    server = _traced_server(make_server, otel_env, endpoint, "grpc")
+    httpserver.expect_request("/gz").respond_with_data(
+        gzip.compress(HELLO.data), headers={"Content-Encoding": "gzip"}
+    )
+    _load(server, httpserver.url_for("/gz"), HELLO.sha256, _traceparent())
+    _flush(server)
+    [root] = [s for s in received.named(LOAD) if s.trace_id == TRACE_ID]
+    [decode] = _children(received, root)[traces.DECODE]
+    assert decode.attributes[traces.CODINGS] == "gzip"
+    assert decode.attributes[traces.BYTES] == HELLO.size
