@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import Span
 
 from pkgloader import __version__, traces
+from pkgloader.settings import SettingsError
 
 #: The variables any one of which turns tracing on.
 SWITCHES = (
@@ -41,8 +42,9 @@ SWITCHES = (
 PROTOCOLS = ("grpc", "http/protobuf")
 
 
-class TracingConfigError(ValueError):
-    """An `OTEL_*` variable names something this server cannot do."""
+class TracingConfigError(SettingsError):
+    """An `OTEL_*` variable names something this server cannot do (a configuration error, as
+    a bad PKGLOADER_* setting is)."""
 
 
 @dataclass

@@ -7,6 +7,9 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -26,6 +29,7 @@ from werkzeug import Request, Response
 
 from tests._trees import static_tree, tree_request
 from tests.conftest import DASH, HELLO, Running, Waiters, load_request
+from tests.replicas import replicas
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -441,3 +445,51 @@ def test_a_content_encoded_download_has_a_decode_span(
     [decode] = _children(received, root)[traces.DECODE]
     assert decode.attributes[traces.CODINGS] == "gzip"
     assert decode.attributes[traces.BYTES] == HELLO.size
+
+
+def test_pkgloader_serve_exports_over_http_protobuf_and_flushes_on_sigterm(
+    otel_env, otlp_http, tmp_path
+) -> None:
+    """`pkgloader serve` with only OTEL_* variables set: its Load's SERVER span, continuing
+    the caller's trace, reaches an OTLP/HTTP receiver by the time SIGTERM has stopped it."""
+    endpoint, received = otlp_http
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_BSP_SCHEDULE_DELAY": "60000",  # nothing leaves before the stop's flush
+        "PKGLOADER_FILE_ROOTS": str(HELLO.path.parent),
+    }
+    with replicas(tmp_path / "cache", 1, **env) as [replica]:
+        responses = list(
+            replica.stub.Load(
+                load_request(HELLO.url, HELLO.sha256), timeout=60, metadata=_traceparent()
+            )
+        )
+        assert responses[0].package.webc_sha256 == HELLO.sha256
+    assert replica.proc.returncode == 0
+    assert received.wait_for(lambda: bool(received.named(LOAD)), 30)
+    [root] = received.named(LOAD)
+    assert (root.trace_id, root.parent) == (TRACE_ID, PARENT_ID)
+    assert root.resource["service.name"] == "pkgloader-under-test"
+    assert root.attributes[traces.TIER] == "download"
+
+
+def test_pkgloader_serve_refuses_an_unknown_exporter(otel_env, tmp_path) -> None:
+    """`pkgloader serve` with OTEL_TRACES_EXPORTER=jaeger exits 2 with a configuration error
+    naming the variable, before it listens."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pkgloader", "serve"],
+        env=dict(
+            os.environ,
+            OTEL_TRACES_EXPORTER="jaeger",
+            PKGLOADER_LISTEN="127.0.0.1:0",
+            PKGLOADER_CACHE_DIR=str(tmp_path / "cache"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "configuration error" in done.stderr
+    assert "OTEL_TRACES_EXPORTER" in done.stderr
