@@ -32,6 +32,7 @@ BENCHMARKS = [
     "atom_stream",
     "tree_load",
     "tracing_cost",
+    "python_client",
 ]
 
 

@@ -72,10 +72,6 @@ log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
 
 
-# What a memoized value costs beyond its own bytes (the object, its slot in the memo).
-_MEMO_OVERHEAD = 128
-
-
 @dataclass(eq=False)
 class StoredPackage:
     """A parsed package and the source of its bytes (process memory or an open file)."""
@@ -85,13 +81,16 @@ class StoredPackage:
     source: formats.ByteSource
     container: formats.Container
     cache_name: str | None  # the file name in the disk cache, when the package is there
-    #: Values derived from the (immutable) package by the layers above, built once per package.
-    #: Sized values go through `remember`, so the memory tier charges them.
+    #: Small values the core derives from the (immutable) package once (contents' checked
+    #: hashes, tree sizes). Larger values kept by the layers above are theirs to keep; they
+    #: report their size through `charge`.
     memo: dict[str, Any] = field(default_factory=dict)
-    #: Told of bytes `remember` adds (set by the loader once the memory tier holds the package).
+    #: time.monotonic() of the last disk last-use stamp renewal (the loader's touch clock)
+    touched: float = -1e9
+    #: Told of bytes `charge` adds (set by the loader once the memory tier holds the package).
     on_grow: Callable[[int], None] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _remembered: int = 0
+    _charged: int = 0
 
     @property
     def in_memory(self) -> bool:
@@ -100,23 +99,18 @@ class StoredPackage:
     @property
     def charged_bytes(self) -> int:
         """What this package holds in process memory: its bytes (when they are there), what
-        its parse keeps, and what was remembered with it."""
+        its parse keeps, and what layers above keep for it (`charge`)."""
         held = self.size if self.in_memory else 0
-        return held + self.container.retained_bytes + self._remembered
+        return held + self.container.retained_bytes + self._charged
 
-    def remember(self, key: str, value: bytes) -> bytes:
-        """Keep `value` (built once per package) under `key` and charge it; the first wins."""
+    def charge(self, extra: int) -> None:
+        """`extra` more bytes are kept for as long as this package object lives (a layer above
+        keeps a value derived from it): the memory tier, when it holds the package, charges them."""
         with self._lock:
-            kept = self.memo.get(key)
-            if kept is not None:
-                return kept  # type: ignore[no-any-return]
-            self.memo[key] = value
-            cost = len(value) + _MEMO_OVERHEAD
-            self._remembered += cost
+            self._charged += extra
             grow = self.on_grow
         if grow is not None:
-            grow(cost)
-        return value
+            grow(extra)
 
     def chunks(self, size: int = CHUNK) -> Iterator[bytes | memoryview]:
         """The package bytes in order, `size` at a time (views when in memory, else one read
@@ -149,6 +143,10 @@ class LoaderEvents:
 
     def waiting(self) -> None:
         """A Load began to wait for a download in flight (one it started or joined)."""
+
+    def flights(self, count: int) -> None:
+        """Downloads in flight in this process changed to `count` (called under the loader's
+        lock, so the counts arrive in order: keep it quick)."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +209,7 @@ class PackageLoader:
         lease_wait: float = 900.0,
         abandon_grace: float = 10.0,
         foreign_lease_wait: float = 5.0,
+        events: LoaderEvents | None = None,
     ) -> None:
         self.fetchers = fetchers
         self.disk = disk
@@ -235,8 +234,8 @@ class PackageLoader:
         # Without a disk cache, downloads still stream to a file (never whole into memory),
         # an unlinked one in a private folder.
         self._scratch = scratch_dir or Path(tempfile.gettempdir())
-        #: Notified of downloads and hash mismatches (metrics hook in here).
-        self.events: LoaderEvents = LoaderEvents()
+        #: Notified of downloads, flights and hash mismatches (the metrics, passed in by `app`).
+        self.events: LoaderEvents = events or LoaderEvents()
 
     @property
     def inflight(self) -> int:
@@ -286,8 +285,8 @@ class PackageLoader:
                 # Renew the file's last-use stamp; a clock kept with the package spares even the
                 # stat() on most hits.
                 now = time.monotonic()
-                if now - cached.memo.get("touched", -1e9) > self.disk.touch_interval / 2:
-                    cached.memo["touched"] = now
+                if now - cached.touched > self.disk.touch_interval / 2:
+                    cached.touched = now
                     self.disk.touch(expected)
             return _traced(LoadResult(cached, Source.MEMORY))
         from_disk = self._from_disk(expected)
@@ -420,6 +419,7 @@ class PackageLoader:
             flight = _Flight(key)
             flight.waiters = 1
             self._flights[key] = flight
+            self.events.flights(len(self._flights))
         self._pool.submit(self._run_flight, flight, h, url)
         return flight
 
@@ -436,6 +436,7 @@ class PackageLoader:
                 if self._flights.get(flight.key) is flight:
                     del self._flights[flight.key]
                     self._room.notify_all()
+                    self.events.flights(len(self._flights))
 
     def _abandoned(self, flight: _Flight) -> bool:
         """True once nobody has waited for `flight` for `abandon_grace` s. Then the flight is
@@ -447,6 +448,7 @@ class PackageLoader:
             if self._flights.get(flight.key) is flight:
                 del self._flights[flight.key]
                 self._room.notify_all()
+                self.events.flights(len(self._flights))
             return True
 
     def _check_wanted(self, flight: _Flight | None) -> None:
@@ -618,6 +620,7 @@ class PackageLoader:
                 flight = _Flight(key)
                 flight.waiters = 1
                 self._flights[key] = flight
+                self.events.flights(len(self._flights))
                 self._pool.submit(self._run_url_flight, flight)
         download = self._await(flight, alive, timeout)
         if download.parse_error is not None:
@@ -638,6 +641,7 @@ class PackageLoader:
                 if self._flights.get(flight.key) is flight:
                     del self._flights[flight.key]
                     self._room.notify_all()
+                    self.events.flights(len(self._flights))
 
     def _download_unnamed(self, url: str, flight: _Flight) -> _Download:
         self._check_wanted(flight)

@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 
 from pkgloader.cache.disk import DiskCache
 from pkgloader.cache.memory import MemoryCache
-from pkgloader.loader import LoaderEvents, PackageLoader, StoredPackage
+from pkgloader.loader import LoaderEvents, StoredPackage
 from pkgloader.rpc.calls import CallRecord
 
 _SIZE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
@@ -114,7 +114,6 @@ _WAITS_HELP = "Waits for another process's download lease since start"
 class Metrics(LoaderEvents):
     def __init__(
         self,
-        loader: PackageLoader,
         memory: MemoryCache[StoredPackage],
         disk: DiskCache | None,
         *,
@@ -194,9 +193,10 @@ class Metrics(LoaderEvents):
         Gauge(
             "pkgloader_memory_cache_entries", "Packages held by the memory cache", registry=r
         ).set_function(lambda: len(memory))
-        Gauge(
+        # Set by the loader's events (`flights`): the loader is built after, and given, us.
+        self.inflight = Gauge(
             "pkgloader_inflight_downloads", "Downloads in progress in this process", registry=r
-        ).set_function(lambda: loader.inflight)
+        )
         self.disk = _DiskCollector(disk) if disk is not None else None
         if self.disk is not None:
             r.register(self.disk)
@@ -217,6 +217,9 @@ class Metrics(LoaderEvents):
 
     def hash_mismatch(self) -> None:
         self.mismatches.inc()
+
+    def flights(self, count: int) -> None:
+        self.inflight.set(count)
 
     # interceptor observer
     def rpc(self, call: CallRecord) -> None:
