@@ -58,6 +58,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check service client/pkgloader_client tests scripts bench
 	$(BIN)/mypy service/pkgloader
 	$(BIN)/mypy --strict client/pkgloader_client
+	$(BIN)/mypy tests
 
 ## Regenerate the client stubs from protos/.
 protos: $(STAMP)

@@ -165,6 +165,12 @@ def _serve(tmp_path: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
     )
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Kill `proc` if it still runs, reap it, and close its pipes (no descriptor left open)."""
+    proc.kill()
+    proc.communicate(timeout=30)
+
+
 def _health(port: int, service: str = "") -> int:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -194,8 +200,7 @@ def test_serve_reports_health_and_stops_cleanly_on_sigterm(tmp_path: Path) -> No
         logs = [json.loads(line) for line in proc.stderr.read().decode().splitlines()]
         assert [entry["msg"] for entry in logs][-2:] == ["stopping", "stopped"]
     finally:
-        proc.kill()
-        proc.wait()
+        _stop(proc)
 
 
 def test_serve_with_a_bad_setting_exits_2_with_one_clear_line(tmp_path: Path) -> None:
@@ -265,8 +270,9 @@ def test_server_killed_while_writing_leaves_no_visible_partial_file(tmp_path: Pa
         finally:
             restarted.terminate()
             restarted.wait(30)
+            _stop(restarted)
     finally:
         done.set()
-        proc.kill()
-        proc.wait()
+        _stop(proc)
         upstream.shutdown()
+        upstream.server_close()

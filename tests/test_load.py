@@ -518,7 +518,7 @@ def test_uppercase_hash_is_accepted_and_normalised(server: Running) -> None:
 def test_unknown_enum_value_is_invalid_argument(server: Running) -> None:
     """An enum number the server does not know is refused, not guessed."""
     request = load_request(HELLO.url, HELLO.sha256)
-    request.hash_validation = 42
+    request.hash_validation = 42  # type: ignore[assignment]  # no such value, on purpose
     expect_error(lambda: list(server.stub.Load(request)), grpc.StatusCode.INVALID_ARGUMENT)
 
 

@@ -73,7 +73,7 @@ def test_access_log_is_one_json_line_per_rpc_with_the_request_id(
     caplog.set_level(logging.INFO, logger="pkgloader.access")
     responses = server.stub.Load(
         load_request(COWSAY.url, COWSAY.sha256, package_id="wiqar/cowsay@0.3.0"),
-        metadata=[("x-request-id", "req-42")],
+        metadata=(("x-request-id", "req-42"),),
     )
     list(responses)
     [record] = [r for r in caplog.records if r.name == "pkgloader.access"]

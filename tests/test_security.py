@@ -39,8 +39,8 @@ def reason(err: grpc.RpcError) -> str:
     return str(info.reason)
 
 
-def bearer(token: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {token}")]
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_calls_without_a_valid_token_are_unauthenticated(secured: Running, metad
 def test_reader_may_load_scan_evict_memory_and_validate_without_pruning(secured: Running) -> None:
     """The reader role covers everything that changes no shared state."""
     md = bearer(READER)
-    first = next(secured.stub.Load(load_request(HELLO.url, HELLO.sha256), metadata=md))
+    first = next(iter(secured.stub.Load(load_request(HELLO.url, HELLO.sha256), metadata=md)))
     assert first.package.webc_sha256 == HELLO.sha256
     assert (
         len([e for r in secured.stub.Scan(pb.ScanRequest(), metadata=md) for e in r.entries]) == 1

@@ -32,7 +32,7 @@ def grpc_stub(grpc_channel: grpc.Channel) -> PackageLoaderServiceStub:
 
 def test_load_returns_the_v3_manifest(grpc_stub: PackageLoaderServiceStub) -> None:
     """Load of the v3 fixture returns its entrypoint, command annotations and dependency."""
-    first = next(grpc_stub.Load(load_request(STATIC.url, STATIC.sha256)))
+    first = next(iter(grpc_stub.Load(load_request(STATIC.url, STATIC.sha256))))
     manifest = first.package.manifest
     assert manifest.entrypoint == "script"
     [command] = manifest.commands
@@ -50,7 +50,7 @@ def test_load_returns_the_v3_manifest(grpc_stub: PackageLoaderServiceStub) -> No
 
 def test_load_returns_the_converted_tarball_manifest(grpc_stub: PackageLoaderServiceStub) -> None:
     """Load of cowsay.tar.gz returns wasmer's converted manifest (atoms, runners, no entrypoint)."""
-    manifest = next(grpc_stub.Load(load_request(COWSAY.url, COWSAY.sha256))).package.manifest
+    manifest = next(iter(grpc_stub.Load(load_request(COWSAY.url, COWSAY.sha256)))).package.manifest
     assert not manifest.HasField("entrypoint")
     assert [(c.name, c.runner) for c in manifest.commands] == [
         ("cowsay", "https://webc.org/runner/wasi"),
@@ -77,7 +77,7 @@ def test_health_is_serving(grpc_channel: grpc.Channel) -> None:
 
 def test_scan_after_loads(grpc_stub: PackageLoaderServiceStub) -> None:
     """The module's loads are listed by Scan."""
-    next(grpc_stub.Load(load_request(COWSAY.url, COWSAY.sha256)))
+    next(iter(grpc_stub.Load(load_request(COWSAY.url, COWSAY.sha256))))
     hashes = {e.webc_sha256 for r in grpc_stub.Scan(pb.ScanRequest()) for e in r.entries}
     assert COWSAY.sha256 in hashes
 

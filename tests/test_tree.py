@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -59,7 +60,7 @@ def atoms_by_hash(chunks: list[pb.AtomChunk]) -> dict[str, bytes]:
     return {k: bytes(v) for k, v in atoms.items()}
 
 
-def fixture(f) -> Published:  # type: ignore[no-untyped-def]
+def fixture(f) -> Published:
     return Published(f"sha256:{f.sha256}", f.url, f.sha256, f.size)
 
 
@@ -451,7 +452,7 @@ def test_an_atom_that_does_not_match_its_signature_is_data_loss(
     )
     res = resolution(pkg, commands=[("run", pkg.id, "run")])
     call = server.stub.LoadTree(tree_request(res, include_atoms=True), timeout=60)
-    received = []
+    received: list[Any] = []
     with pytest.raises(grpc.RpcError) as caught:
         received.extend(call)
     assert received == []

@@ -289,7 +289,7 @@ class RewritesStatus(grpc.ServerInterceptor):
         handler = continuation(details)
 
         def answer(request: Any, context: grpc.ServicerContext) -> Any:
-            context.set_trailing_metadata([("grpc-status-details-bin", self.details)])
+            context.set_trailing_metadata((("grpc-status-details-bin", self.details),))
             context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is down")
 
         return grpc.unary_unary_rpc_method_handler(

@@ -56,11 +56,11 @@ def pod_spec(name: str = "base") -> dict[str, Any]:
 
 def container(name: str = "base") -> dict[str, Any]:
     (only,) = pod_spec(name)["containers"]
-    return only  # type: ignore[no-any-return]
+    return only
 
 
 def config(name: str = "base") -> dict[str, str]:
-    return resources(name)["ConfigMap", "pkgloader"]["data"]  # type: ignore[no-any-return]
+    return resources(name)["ConfigMap", "pkgloader"]["data"]
 
 
 def validate(path: Path, version: str) -> subprocess.CompletedProcess[str]:

@@ -161,14 +161,14 @@ def test_lazy_members_read_back_exactly_from_checkpoints(monkeypatch: pytest.Mon
     with open_package(data) as package:
         volume = package.get_volume("metadata")
         assert volume is not None
-        archive = package._parsed.atoms["big"]._archive  # type: ignore[union-attr]
+        archive = package._parsed.atoms["big"]._archive  # type: ignore[attr-defined]
         assert len(archive.checkpoints) >= 5
         kinds = {path: type(volume._lookup(path).data).__name__ for path in contents}  # type: ignore[union-attr]
         assert "Region" in kinds.values()
         assert "_Member" in kinds.values()
         for name, content in reversed(contents.items()):
             assert bytes(volume.read_file(name) or b"x") == content, name
-            assert volume.metadata(name).length == len(content)  # type: ignore[union-attr]
+            assert volume.metadata(name).length == len(content)
         assert bytes(package.get_atom("big") or b"") == contents["big.wasm"]
         assert package.validate() == []
         exercise(package)
@@ -193,7 +193,7 @@ def test_atom_signatures_whatever_the_member_order(
         volume = package.get_volume("metadata")
         other_member = volume._lookup("/other.bin").data  # type: ignore[union-attr]
         assert (other_member._digest is None) is manifest_first  # type: ignore[union-attr]
-        assert bytes(volume.read_file("/other.bin") or b"") == other  # type: ignore[union-attr]
+        assert bytes(volume.read_file("/other.bin") or b"") == other
         assert package.validate() == []
 
 

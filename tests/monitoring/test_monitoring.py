@@ -212,6 +212,7 @@ def prometheus(tmp_path: Path, server: Running) -> Iterator[tuple[str, Running]]
         )
     )
     port = _free_port()
+    log = (tmp_path / "prometheus.log").open("w")
     process = subprocess.Popen(
         [
             PROMETHEUS,
@@ -220,7 +221,7 @@ def prometheus(tmp_path: Path, server: Running) -> Iterator[tuple[str, Running]]
             f"--web.listen-address=127.0.0.1:{port}",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "prometheus.log").open("w"),
+        stderr=log,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -238,6 +239,7 @@ def prometheus(tmp_path: Path, server: Running) -> Iterator[tuple[str, Running]]
     finally:
         process.terminate()
         process.wait(30)
+        log.close()
 
 
 def _traffic(

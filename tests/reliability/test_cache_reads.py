@@ -141,9 +141,9 @@ def test_a_cache_file_truncated_under_a_content_load_fails_that_load_alone(
     url = f"file://{source}"
     with _server(cache, tmp_path / "files", PKGLOADER_MEMORY_CACHE_BYTES="1Mi") as replica:
         stream = replica.stub.Load(load_request(url, sha, include_content=True), timeout=60)
-        head = next(stream)
+        head = next(iter(stream))
         assert head.package.source == pb.SOURCE_DISK
-        assert len(next(stream).chunk) == MiB
+        assert len(next(iter(stream)).chunk) == MiB
         os.truncate(cached, 0)
         with pytest.raises(grpc.RpcError) as caught:
             for _ in stream:

@@ -305,7 +305,7 @@ def test_health_watchers_and_reflection_streams_leave_room_for_check(
     )
     watchers = [watch(health_pb2.HealthCheckRequest(), timeout=60) for _ in range(8)]
     for watcher in watchers:
-        assert next(watcher).status == health_pb2.HealthCheckResponse.SERVING
+        assert next(iter(watcher)).status == health_pb2.HealthCheckResponse.SERVING
     reflect = server.channel.stream_stream(
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
@@ -317,12 +317,12 @@ def test_health_watchers_and_reflection_streams_leave_room_for_check(
             requests: queue.Queue[object] = queue.Queue()
             requests.put(reflection_pb2.ServerReflectionRequest(list_services=""))
             replies = reflect(iter(requests.get, None), timeout=60)
-            assert next(replies).list_services_response.service
+            assert next(iter(replies)).list_services_response.service
             held.append((requests, replies))
         requests = queue.Queue()
         requests.put(reflection_pb2.ServerReflectionRequest(list_services=""))
         with pytest.raises(grpc.RpcError) as caught:
-            next(reflect(iter(requests.get, None), timeout=60))
+            next(iter(reflect(iter(requests.get, None), timeout=60)))
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert error_info(caught.value).reason == "TOO_MANY_STREAMS"
         check = server.channel.unary_unary(

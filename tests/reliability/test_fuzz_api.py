@@ -136,12 +136,12 @@ class Upstream6(Upstream):
 
         original = socket.create_server
         try:
-            socket.create_server = lambda addr, **kw: original(  # type: ignore[assignment]
+            socket.create_server = lambda addr, **kw: original(
                 ("::1", 0), family=socket.AF_INET6, **kw
             )
             super().__init__(behave)
         finally:
-            socket.create_server = original  # type: ignore[assignment]
+            socket.create_server = original
 
 
 @pytest.fixture(scope="module")

@@ -189,8 +189,11 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                             yield item
                 except GeneratorExit:
                     code = "CANCELLED"  # the client went away mid-stream
-                    if items is not None:
-                        run(items.close)  # type: ignore[attr-defined]
+                    # What `yield from` did: close the servicer's generator (its `finally`
+                    # blocks run), in the call's context.
+                    close = getattr(items, "close", None)
+                    if close is not None:
+                        run(close)
                     raise
                 except Exception as exc:
                     code = self._fail(exc, context, method, call)
