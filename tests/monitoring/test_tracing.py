@@ -189,11 +189,11 @@ def _flush(server: Running) -> None:
     assert server.app.tracing.provider.force_flush(30_000)
 
 
-def _traceparent(span_id: str = PARENT_ID) -> list[tuple[str, str]]:
-    return [
+def _traceparent(span_id: str = PARENT_ID) -> tuple[tuple[str, str | bytes], ...]:
+    return (
         ("traceparent", f"00-{TRACE_ID}-{span_id}-01"),
         ("baggage", "tenant=blue"),
-    ]
+    )
 
 
 def _load(server: Running, url: str, sha: str, metadata: Any = None) -> None:
