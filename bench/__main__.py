@@ -31,6 +31,7 @@ BENCHMARKS = [
     "resolve",
     "atom_stream",
     "tree_load",
+    "tracing_cost",
     "python_client",
 ]
 

@@ -46,6 +46,7 @@ from pkgloader.rpc.reflection import CommentedReflection, commented_files
 from pkgloader.rpc.servicer import PackageLoaderServicer
 from pkgloader.settings import Settings
 from pkgloader.status_page import StatusReport
+from pkgloader.tracing import Tracing, from_env
 from pkgloader.tree import TreeLoader
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ class App:
     _stop: threading.Event = field(default_factory=threading.Event)
     #: the servers' thread pools (`create_server`), shut down with the app
     _pools: list[futures.ThreadPoolExecutor] = field(default_factory=list)
+    #: OpenTelemetry, when the OTEL_* variables turn it on (`tracing.from_env`); else None
+    tracing: Tracing | None = None
 
     def start_background(self) -> None:
         """Background upkeep: the disk cache size limit, checked every size_check_interval, and
@@ -143,6 +146,8 @@ class App:
             self.trees.close()
         self.loader.close()
         self.http.close()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # flushes the spans still queued
         if self._scratch is not None:
             self._scratch.cleanup()
 
@@ -206,6 +211,11 @@ def build(settings: Settings) -> App:
     app = App(settings, loader, CacheMaintenance(disk, memory), http, metrics, _scratch=scratch)
     app.resolver = build_resolver(settings, loader, http, fetchers.http, policy)
     app.trees = TreeLoader(loader, app.resolver)
+    # --- tracing hook (issue 13.1): only when the OTEL_* variables ask for it ---
+    app.tracing = from_env()
+    if app.tracing is not None:
+        app.tracing.instrument(http)
+        app.tracing.start()
     return app
 
 
@@ -288,7 +298,13 @@ def create_server(
         business,
         interceptors=[
             *interceptors,
-            CallInterceptor(observers=[app.metrics.rpc], auth=auth, limits=limits),
+            CallInterceptor(
+                observers=[app.metrics.rpc],
+                auth=auth,
+                limits=limits,
+                # tracing hook (issue 13.1): absent, not idle, when tracing is off
+                tracing=app.tracing.server_interceptor() if app.tracing else None,
+            ),
         ],
         options=[
             *SERVER_OPTIONS,

@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_level)
     try:
         serve(settings)
+    except SettingsError as exc:  # an OTEL_* variable this server cannot follow
+        print(f"pkgloader: configuration error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"pkgloader: {exc}", file=sys.stderr)
         return 1

@@ -40,6 +40,7 @@ This is the only place the tiers meet. The rules it keeps:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
 import tempfile
@@ -50,7 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pkgloader import formats
+from opentelemetry.trace import StatusCode
+
+from pkgloader import formats, traces
 from pkgloader.cache.disk import DiskCache
 from pkgloader.cache.lease import held_count
 from pkgloader.cache.memory import MemoryCache
@@ -65,6 +68,7 @@ from pkgloader.errors import (
     ResourceExhausted,
 )
 from pkgloader.fetch import Fetchers, FetchReport, parse_url
+from pkgloader.fetch.urls import authority
 from pkgloader.hashes import WebcHash
 from pkgloader.policy import CallerRole, HashPolicy, Source
 
@@ -226,6 +230,10 @@ class _Flight:
         self.report = FetchReport()
         self.waiters = 0  # changed under PackageLoader._lock
         self.idle_since = time.monotonic()  # when `waiters` last dropped to 0 (or creation)
+        #: Tracing (None when off): the starting caller's context, which the download thread
+        #: continues, and the download's span, which every waiting caller links to.
+        self.parent = traces.current()
+        self.span: Any = None
 
 
 class PackageLoader:
@@ -313,7 +321,10 @@ class PackageLoader:
         if request.size_hint is not None and request.size_hint > self.max_package_bytes:
             raise _too_large(self.max_package_bytes, request.size_hint)
 
-        cached = self.memory.get(expected.hex)
+        with traces.span(traces.MEMORY, {traces.SHA256: expected.hex}) as memory_span:
+            cached = self.memory.get(expected.hex)
+            if memory_span is not None:
+                memory_span.set_attribute(traces.HIT, cached is not None)
         if cached is not None:
             if self.disk is not None:
                 # Renew the file's last-use stamp; a clock kept with the package spares even the
@@ -322,10 +333,10 @@ class PackageLoader:
                 if now - cached.touched > self.disk.touch_interval / 2:
                     cached.touched = now
                     self.disk.touch(expected)
-            return LoadResult(cached, Source.MEMORY)
+            return _traced(LoadResult(cached, Source.MEMORY))
         from_disk = self._from_disk(expected)
         if from_disk is not None:
-            return LoadResult(from_disk, Source.DISK)
+            return _traced(LoadResult(from_disk, Source.DISK))
 
         deadline = None if timeout is None else time.monotonic() + timeout
         flight = self._flight(
@@ -361,7 +372,7 @@ class PackageLoader:
         if download.parse_error is not None:
             raise _invalid(download.parse_error, request.url)
         assert download.package is not None
-        return LoadResult(download.package, download.source, warnings)
+        return _traced(LoadResult(download.package, download.source, warnings))
 
     def _from_disk(self, h: WebcHash) -> StoredPackage | None:
         """The package from the disk cache, promoted to memory when it fits; one promotion per
@@ -374,7 +385,8 @@ class PackageLoader:
             if promotion is None:
                 promotion = self._promotions[h.hex] = concurrent.futures.Future()
         if not owner:
-            return promotion.result()
+            with traces.span(traces.DISK, {traces.SHA256: h.hex}):
+                return promotion.result()
         try:
             # A promotion that finished between our memory miss and here did the work already.
             package = self.memory.get(h.hex) or self._promote(h)
@@ -390,7 +402,10 @@ class PackageLoader:
 
     def _promote(self, h: WebcHash) -> StoredPackage | None:
         assert self.disk is not None
-        source = self.disk.open(h)
+        with traces.span(traces.DISK, {traces.SHA256: h.hex}) as disk_span:
+            source = self.disk.open(h)
+            if disk_span is not None:
+                disk_span.set_attribute(traces.HIT, source is not None)
         if source is None:
             return None
         try:
@@ -411,11 +426,11 @@ class PackageLoader:
         if self.memory.admits(size):
             # One read into process memory; the file is closed when `source` goes.
             data = formats.MemorySource(source.read_at(0, size))
-            package = StoredPackage(h, size, data, formats.open_package(data), name)
+            package = StoredPackage(h, size, data, _parse(h.hex, data, size), name)
             if self.memory.put(h.hex, package):
                 package.on_grow = lambda extra: self.memory.grow(h.hex, extra)
             return package
-        return self._on_disk(h, size, source, formats.open_package(source), name)
+        return self._on_disk(h, size, source, _parse(h.hex, source, size), name)
 
     def _on_disk(
         self,
@@ -485,7 +500,8 @@ class PackageLoader:
         """Run a flight's download on the pool, hand its outcome to every waiter, and unlist
         the flight (unless `_abandoned` did) so that the next Load starts a new one."""
         try:
-            result = work(flight)
+            with _download_span(flight, flight.key[1], flight.key[0] or None):
+                result = work(flight)
         except BaseException as exc:  # noqa: BLE001 - handed to every waiter
             flight.future.set_exception(exc)
         else:
@@ -569,6 +585,7 @@ class PackageLoader:
                             "within that time joins it"
                         ) from None
         finally:
+            traces.link(flight.span)
             with self._lock:
                 flight.waiters -= 1
                 if flight.waiters == 0:
@@ -585,15 +602,19 @@ class PackageLoader:
                 for chunk in chunks:
                     self._check_wanted(flight)
                     spool.write(chunk)
-            actual = spool.finish()
+            with traces.span(traces.PUBLISH) as hash_span:
+                actual = spool.finish()
+                if hash_span is not None:
+                    hash_span.set_attributes({traces.SHA256: actual, traces.BYTES: spool.size})
             source = spool.source()
             try:
-                container = formats.open_package(source)
+                container = _parse(actual, source, spool.size)
             except formats.FormatError as exc:
                 return _Download(actual, None, exc)
             name = None
             if actual == h.hex and self.disk is not None and spool.path is not None:
-                name = self.disk.publish(spool, h)
+                with traces.span(traces.PUBLISH, {traces.SHA256: actual}):
+                    name = self.disk.publish(spool, h)
             ok = True
             if actual == h.hex:
                 # A verified package: promote it exactly as a disk hit would be.
@@ -607,6 +628,8 @@ class PackageLoader:
         finally:
             self._close_spool(spool)
             self.events.downloaded(spool.size, time.monotonic() - started, ok)
+            if flight is not None and flight.span is not None:
+                flight.span.set_attribute(traces.BYTES, spool.size)
 
     def _new_spool(self) -> Spool:
         if self.disk is not None:
@@ -675,19 +698,25 @@ class PackageLoader:
                 for chunk in chunks:
                     spool.write(chunk)
                     self._check_wanted(flight)
-            h = WebcHash(spool.finish())
+            with traces.span(traces.PUBLISH) as hash_span:
+                h = WebcHash(spool.finish())
+                if hash_span is not None:
+                    hash_span.set_attributes({traces.SHA256: h.hex, traces.BYTES: spool.size})
+            if flight.span is not None:
+                flight.span.set_attribute(traces.SHA256, h.hex)
             known = self.memory.get(h.hex) or self._from_disk(h)
             if known is not None:  # the same bytes are cached already: keep that copy
                 ok = True
                 return _Download(h.hex, known, None)
             source = spool.source()
             try:
-                container = formats.open_package(source)
+                container = _parse(h.hex, source, spool.size)
             except formats.FormatError as exc:
                 return _Download(h.hex, None, exc)
             name = None
             if self.disk is not None and spool.path is not None:
-                name = self.disk.publish(spool, h)
+                with traces.span(traces.PUBLISH, {traces.SHA256: h.hex}):
+                    name = self.disk.publish(spool, h)
             ok = True
             if self.memory.admits(spool.size):
                 return _Download(h.hex, self._keep(h, source, spool.size, name), None)
@@ -695,6 +724,57 @@ class PackageLoader:
         finally:
             self._close_spool(spool)
             self.events.downloaded(spool.size, time.monotonic() - started, ok)
+            if flight is not None and flight.span is not None:
+                flight.span.set_attribute(traces.BYTES, spool.size)
+
+
+def _traced(result: LoadResult) -> LoadResult:
+    """`result`, its package and tier noted on the current span (the RPC's or a tree
+    package's)."""
+    if traces.on():
+        package = result.package
+        traces.annotate(
+            {
+                traces.SHA256: package.hash.hex,
+                traces.TIER: result.source.value,
+                traces.BYTES: package.size,
+            }
+        )
+    return result
+
+
+def _parse(sha256: str, source: formats.ByteSource, size: int) -> formats.Container:
+    with traces.span(traces.PARSE, {traces.SHA256: sha256, traces.BYTES: size}):
+        return formats.open_package(source)
+
+
+@contextlib.contextmanager
+def _download_span(flight: _Flight, url: str, sha256: str | None) -> Iterator[None]:
+    """The download's span, on the download thread: a child of the caller that started the
+    flight, whose context the thread continues (so the steps of the download are children of
+    that caller's span too), and linked from every caller that waits (`_await`)."""
+    if flight.parent is None:
+        yield
+        return
+    parsed = parse_url(url)
+    attributes: dict[str, Any] = {"thread.name": threading.current_thread().name}
+    if sha256:
+        attributes[traces.SHA256] = sha256
+    if parsed.scheme in ("http", "https"):
+        attributes[traces.UPSTREAM] = authority(parsed)  # host[:port]: no path, query or token
+    span = traces.start(traces.DOWNLOAD, flight.parent, attributes)
+    flight.span = span
+    try:
+        with traces.attached(flight.parent):
+            yield
+    except Exception as exc:
+        if span is not None:
+            span.record_exception(exc)
+            span.set_status(StatusCode.ERROR, type(exc).__name__)
+        raise
+    finally:
+        if span is not None:
+            span.end()
 
 
 def _too_large(limit: int, size: int) -> PackageTooLarge:

@@ -28,9 +28,13 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
-from pkgloader import contents, formats
+from opentelemetry import context as otel_context
+
+from pkgloader import contents, formats, traces
 from pkgloader.errors import (
     Cancelled,
     InvalidRequest,
@@ -212,7 +216,8 @@ class TreeLoader:
                 policy=policy,
                 size_hint=root.size,
             )
-            result = self.loader.load(request, alive=alive, timeout=timeout, wait_for_room=True)
+            with _package_span(request, None):
+                result = self.loader.load(request, alive=alive, timeout=timeout, wait_for_room=True)
             resolved = self._resolver.resolve_from(summary_of(result.package, root.url))
         elif root.specifier:
             resolved = self._resolver.resolve(root.specifier)
@@ -254,12 +259,15 @@ class TreeLoader:
         def still_wanted() -> bool:
             return not failed.is_set() and (alive is None or alive())
 
+        parent = traces.current()  # the RPC's span, continued on the pool's threads
+
         def load(request: LoadRequest) -> LoadResult:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return self.loader.load(
-                    request, alive=still_wanted, timeout=remaining, wait_for_room=True
-                )
+                with _package_span(request, parent):
+                    return self.loader.load(
+                        request, alive=still_wanted, timeout=remaining, wait_for_room=True
+                    )
             except BaseException:
                 failed.set()
                 raise
@@ -300,6 +308,17 @@ class TreeLoader:
 
 
 # -- the graph ------------------------------------------------------------------------------------
+
+
+def _package_span(
+    request: LoadRequest, parent: otel_context.Context | None
+) -> AbstractContextManager[Any]:
+    """One package of a tree: a child of the RPC's span; the Load's own spans are its children."""
+    return traces.span(
+        traces.TREE_PACKAGE,
+        {traces.PACKAGE_ID: request.package_id, traces.SHA256: request.sha256.lower()},
+        parent,
+    )
 
 
 @dataclass

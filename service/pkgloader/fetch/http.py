@@ -14,6 +14,7 @@ from http import HTTPStatus
 
 import httpx
 
+from pkgloader import traces
 from pkgloader.errors import (
     FetchError,
     InvalidUrl,
@@ -124,7 +125,10 @@ class HttpFetcher:
         response = self._request(url, deadline, report or FetchReport())
         try:
             codings = parse_content_encoding(_raw_header(response, b"content-encoding"))
-            yield decode(_raw_chunks(response, url, deadline, self._min_rate), codings)
+            chunks = decode(_raw_chunks(response, url, deadline, self._min_rate), codings)
+            if traces.on() and any(coding != "identity" for coding in codings):
+                chunks = traces.spanned(traces.DECODE, chunks, {traces.CODINGS: ",".join(codings)})
+            yield chunks
         finally:
             response.close()
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from opentelemetry import trace
 from pkgloader_client import SERVICE_NAME
 
 from pkgloader import logs
@@ -76,8 +77,11 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         observers: list[Observer] | None = None,
         auth: TokenAuth | None = None,
         limits: CallLimits | None = None,
+        tracing: grpc.ServerInterceptor | None = None,  # type: ignore[type-arg]
     ) -> None:
         self._observers = observers or []
+        #: OpenTelemetry's server interceptor (None when tracing is off), applied around ours
+        self._tracing = tracing
         self._auth = auth
         self._limits = limits
         self._connections = (
@@ -95,13 +99,15 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     ) -> Any:
         wrapped = self._wrapped.get(details.method)
         if wrapped is None:
-            wrapped = self._wrap(continuation(details), details.method)
+            wrapped = self._wrap(continuation(details), details.method, details)
             if wrapped is not None:
                 self._wrapped[details.method] = wrapped
         return wrapped
 
-    def _wrap(self, handler: Any, method: str) -> Any:
+    def _wrap(self, handler: Any, method: str, details: grpc.HandlerCallDetails) -> Any:
         wrapped = self._wrap_behaviour(handler, method)
+        if wrapped is not None and self._tracing is not None:
+            wrapped = _traced(self._tracing, wrapped, details)
         if wrapped is not None and self._limits is not None and method.startswith(_INFRA):
             # grpcio runs a behaviour that names a pool of its own there (the seam grpcio's
             # HealthServicer uses for Watch): health answers however busy the business pool is.
@@ -309,6 +315,8 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     def _end(self, method: str, code: str, started: float, call: CallRecord) -> None:
         call.seconds = time.perf_counter() - started
         call.code = code
+        if self._tracing is not None:
+            _note_trace(call)
         # Health checks and reflection come every few seconds from probes: keep them at DEBUG.
         level = logging.DEBUG if method.startswith("/grpc.") else logging.INFO
         if log.isEnabledFor(level):
@@ -418,6 +426,42 @@ class SendWatchdog:
                     "client stopped reading); the server cancelled the call"
                 )
                 entry.context.cancel()  # type: ignore[no-untyped-call]
+
+
+# --- tracing hook (issue 13.1) ---------------------------------------------------------------
+
+
+def _traced(
+    tracing: grpc.ServerInterceptor,  # type: ignore[type-arg]
+    wrapped: Any,
+    details: grpc.HandlerCallDetails,
+) -> Any:
+    """`wrapped` inside OpenTelemetry's server interceptor, so its SERVER span is current
+    while ours runs (and logs). Applied here, once per method and cached with our wrapper,
+    rather than listed beside us: the thread-pool marker `_wrap` sets must be on the outermost
+    behaviour. A non-blocking stream (health Watch) is left alone: the instrumentation would
+    call it without its send callback, and it lasts as long as the client watches."""
+    if wrapped.unary_stream is not None and getattr(
+        wrapped.unary_stream, "experimental_non_blocking", False
+    ):
+        return wrapped
+    return tracing.intercept_service(lambda _details: wrapped, details)
+
+
+def _note_trace(call: CallRecord) -> None:
+    """The call's trace and span id into its record (so its access-log line leads to its
+    trace), and its status onto its span: the instrumentation sees only `abort`, and `_fail`
+    uses `abort_with_status`."""
+    span = trace.get_current_span()  # the SERVER span `_traced` opened around this call
+    ids = span.get_span_context()
+    if not ids.is_valid:
+        return
+    call.trace_id = trace.format_trace_id(ids.trace_id)
+    call.span_id = trace.format_span_id(ids.span_id)
+    if call.code != "OK" and span.is_recording():
+        status = grpc.StatusCode[call.code]
+        span.set_attribute("rpc.grpc.status_code", status.value[0])
+        span.set_status(trace.StatusCode.ERROR, call.code)
 
 
 def _serialized(response: Any, serialize: Callable[[Any], bytes] | None) -> bytes:
