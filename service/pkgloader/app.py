@@ -34,9 +34,10 @@ from pkgloader.resolve import (
     CacheSource,
     DirectorySource,
     MultiSource,
+    NamedSource,
     RegistrySource,
     Resolver,
-    Source,
+    SourceState,
     UrlSource,
 )
 from pkgloader.rpc import wire
@@ -130,11 +131,14 @@ class App:
 
     def status(self) -> StatusReport:
         """What `GET /status` on the metrics port shows."""
+        source = None if self.resolver is None else self.resolver.source
+        states: list[SourceState] = source.states() if isinstance(source, MultiSource) else []
         return status_page.report(
             loader=self.loader,
             memory=self.loader.memory,
             metrics=self.metrics,
             max_cache_bytes=self.settings.max_cache_bytes,
+            sources=[status_page.SourceStatus(s.kind, s.location, s.last_success) for s in states],
         )
 
     def close(self) -> None:
@@ -229,7 +233,7 @@ def build_resolver(
     """Resolve's sources in wasmer's fixed order: (for sha256: specifiers, the cache first), the
     registry, the package folders, a URL download. The registry shares the download client, its
     outbound policy and the fetcher's token rule."""
-    sources: list[Source] = [CacheSource(loader)]
+    sources: list[NamedSource] = [CacheSource(loader)]
     if settings.registry_url:
         sources.append(
             RegistrySource(

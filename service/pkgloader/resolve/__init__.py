@@ -9,7 +9,14 @@ from pkgloader.resolve._directory import DirectorySource
 from pkgloader.resolve._registry import PUBLIC_REGISTRY, RegistrySource
 from pkgloader.resolve._resolver import MAX_PACKAGES, Resolver
 from pkgloader.resolve._semver import Version, VersionReq
-from pkgloader.resolve._source import Candidates, MultiSource, QueryMiss, Source
+from pkgloader.resolve._source import (
+    Candidates,
+    MultiSource,
+    NamedSource,
+    QueryMiss,
+    Source,
+    SourceState,
+)
 from pkgloader.resolve._specifier import (
     HashSpecifier,
     NamedSpecifier,
@@ -48,6 +55,7 @@ __all__ = [
     "HashSpecifier",
     "Mount",
     "MultiSource",
+    "NamedSource",
     "NamedSpecifier",
     "Node",
     "PackageId",
@@ -60,6 +68,7 @@ __all__ = [
     "Resolver",
     "Resolves",
     "Source",
+    "SourceState",
     "Specifier",
     "Summary",
     "UrlSource",

@@ -54,6 +54,12 @@ class _Listing:
 
 
 class DirectorySource:
+    kind = "directory"
+
+    @property
+    def location(self) -> str:
+        return ":".join(str(folder) for folder in self.folders)
+
     def __init__(self, folders: tuple[Path, ...], files: FileFetcher) -> None:
         self.folders = folders
         self._files = files

@@ -95,6 +95,13 @@ class _Answer:
 
 
 class RegistrySource:
+    kind = "registry"
+
+    @property
+    def location(self) -> str:
+        # Scheme, authority and path: a query string may carry a key, and tokens never go here.
+        return str(self.url.copy_with(query=None, fragment=None))
+
     def __init__(
         self,
         url: str,
@@ -118,6 +125,9 @@ class RegistrySource:
         self._cache: OrderedDict[str, _Answer] = OrderedDict()
         self._cached_bytes = 0
         self._lock = threading.Lock()
+        #: Unix time the registry last answered a query itself (a stale answer from the cache
+        #: does not count): what `/status` shows for it.
+        self.last_success: float | None = None
 
     # -- Source -------------------------------------------------------------------------------
 
@@ -167,6 +177,7 @@ class RegistrySource:
             return cached.data, ""
         try:
             data, size = self._post(query, what)
+            self.last_success = time.time()
         except RegistryUnavailable as exc:
             if cached is None:
                 raise

@@ -10,7 +10,8 @@ query. `QueryMiss` never leaves the resolver: `Resolver` turns the last one into
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -75,6 +76,18 @@ class Source(Protocol):
         ...
 
 
+class NamedSource(Source, Protocol):
+    """A source of a `MultiSource`, which names it on the status page."""
+
+    #: "registry", "directory", "url" or "cache".
+    kind: str
+
+    @property
+    def location(self) -> str:
+        """Where it looks, with nothing secret in it (no token, no query string)."""
+        ...
+
+
 class MultiSource:
     """Asks its sources in order; the first that answers wins.
 
@@ -83,17 +96,44 @@ class MultiSource:
     "unsupported".
     """
 
-    def __init__(self, sources: Sequence[Source]) -> None:
+    def __init__(
+        self, sources: Sequence[NamedSource], *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.sources = tuple(sources)
+        self._clock = clock
+        #: Per source, when it last answered (a match or a clean miss: it was reachable and
+        #: made sense); a source that failed (a registry that is down) keeps its older time.
+        self._answered: list[float | None] = [None] * len(self.sources)
 
     def query(self, specifier: Specifier) -> Candidates:
         misses: list[QueryMiss] = []
-        for source in self.sources:
+        for i, source in enumerate(self.sources):
             try:
-                return source.query(specifier)
+                answer = source.query(specifier)
             except QueryMiss as miss:
+                self._answered[i] = self._clock()
                 misses.append(miss)
+            else:
+                self._answered[i] = self._clock()
+                return answer
         no_matches = [m for m in misses if m.kind is Miss.NO_MATCHES]
         if no_matches:
             raise QueryMiss(Miss.NO_MATCHES, [v for m in no_matches for v in m.archived])
         raise QueryMiss(Miss.NOT_FOUND)
+
+    def states(self) -> list[SourceState]:
+        """Each source, in the order asked, and when it last answered (for `/status`)."""
+        # A source that knows better when it last answered (the registry: a stale answer from
+        # its cache reads as an answer here, but the registry itself was down) says so itself.
+        return [
+            SourceState(source.kind, source.location, getattr(source, "last_success", answered))
+            for source, answered in zip(self.sources, self._answered, strict=True)
+        ]
+
+
+@dataclass(frozen=True)
+class SourceState:
+    kind: str
+    location: str
+    #: Unix time of its last answer; None: none since start.
+    last_success: float | None

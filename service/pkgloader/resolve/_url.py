@@ -28,6 +28,9 @@ def summary_of(package: StoredPackage, url: str) -> Summary:
 
 
 class UrlSource:
+    kind = "url"
+    location = ""  # any URL a specifier names, through the loader
+
     def __init__(self, loader: PackageLoader, *, timeout: float = 900.0) -> None:
         self._loader = loader
         self._timeout = timeout
@@ -40,6 +43,9 @@ class UrlSource:
 
 
 class CacheSource:
+    kind = "cache"
+    location = ""  # the loader's memory and disk tiers, for sha256: specifiers
+
     def __init__(self, loader: PackageLoader) -> None:
         self._loader = loader
 
