@@ -220,6 +220,22 @@ def test_a_v3_time_of_zero_is_no_time(server: Running, tmp_path: Path) -> None:
     assert stamped.modified.seconds == 1700000000
 
 
+def test_atom_not_found_lists_the_atoms_that_can_be_served(server: Running, tmp_path: Path) -> None:
+    """GetAtom serves an atom of the atoms section the manifest omits, so its NOT_FOUND message
+    lists that one too, not only the manifest's."""
+    files = tmp_path / "files"
+    files.mkdir(exist_ok=True)
+    manifest = _signed({"small": ATOMS["small"]})  # "extra" is in the section only
+    atoms = {"small": ATOMS["small"], "extra": b"\0asm\x01\0\0\0extra"}
+    pkg = _write(files, "extra-atom.webc", w.write_indexed(manifest, atoms, {}, v3=True))
+    server.load(pkg.url, pkg.sha256)
+    _, served = get_atom(server, pkg.sha256, "extra")
+    assert served == atoms["extra"]
+    err = expect_error(lambda: get_atom(server, pkg.sha256, "nope"), grpc.StatusCode.NOT_FOUND)
+    assert error_info(err).reason == "ATOM_NOT_FOUND"
+    assert "(atoms: extra, small)" in err.details()
+
+
 def test_a_flipped_byte_in_a_signed_atom_is_data_loss(server: Running, tmp_path: Path) -> None:
     """A copy of a real package with one byte of a signed atom flipped loads (under its own new
     sha256), but GetAtom refuses the atom with DATA_LOSS before sending anything of it."""
