@@ -31,6 +31,7 @@ BENCHMARKS = [
     "resolve",
     "atom_stream",
     "tree_load",
+    "python_client",
 ]
 
 

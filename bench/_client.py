@@ -10,6 +10,8 @@ Modes:
 - `stream`: one call at a time, `repeats` times; seconds, bytes and time to the first and second
   message of each.
 - `burst`: `concurrency` identical calls started together, once; the time until all are done.
+- `sync_stream`: as `stream`, on a sync channel reading raw bytes (the way a plain Python
+  client downloads); `before` (a unary call) runs untimed before each call, e.g. an Evict.
 """
 
 from __future__ import annotations
@@ -145,10 +147,37 @@ async def burst(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def sync_stream(spec: dict[str, Any]) -> dict[str, Any]:
+    request = base64.b64decode(spec["request"])
+    with grpc.insecure_channel(spec["target"], options=OPTIONS) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        call = channel.unary_stream(spec["method"])  # no deserializer: raw bytes
+        before = None
+        if spec.get("before"):
+            before_request = base64.b64decode(spec["before"]["request"])
+            before_call = channel.unary_unary(spec["before"]["method"])
+            before = lambda: before_call(before_request, timeout=30)  # noqa: E731
+        runs = []
+        for _ in range(spec.get("repeats", 1)):
+            if before is not None:
+                before()
+            t0 = time.perf_counter()
+            total, first = 0, 0.0
+            for n, message in enumerate(call(request, timeout=spec.get("timeout", 600))):
+                if n == 1:  # the first content chunk (the first message is the metadata)
+                    first = time.perf_counter() - t0
+                total += len(message)
+            runs.append({"seconds": time.perf_counter() - t0, "bytes": total, "first": first})
+    return {"runs": runs}
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    mode = {"rate": rate, "stream": stream, "burst": burst}[spec["mode"]]
-    answer = asyncio.run(mode(spec))
+    if spec["mode"] == "sync_stream":
+        answer = sync_stream(spec)
+    else:
+        mode = {"rate": rate, "stream": stream, "burst": burst}[spec["mode"]]
+        answer = asyncio.run(mode(spec))
     json.dump(answer, sys.stdout)
 
 

@@ -247,10 +247,13 @@ def pinned(args: list[str], cpus: str | None = CLIENT_CPUS) -> list[str]:
     return args
 
 
-def run_client(spec: dict[str, Any], env: Mapping[str, str] | None = None) -> Any:
-    """Run `python -m bench._client` with `spec` (on the client core); returns its JSON answer."""
+def run_client(
+    spec: dict[str, Any], env: Mapping[str, str] | None = None, cpus: str | None = CLIENT_CPUS
+) -> Any:
+    """Run `python -m bench._client` with `spec` (on `cpus`, default the client core; None: not
+    pinned); returns its JSON answer."""
     out = subprocess.run(
-        pinned([PYTHON, "-m", "bench._client", json.dumps(spec)]),
+        pinned([PYTHON, "-m", "bench._client", json.dumps(spec)], cpus),
         env=dict(env or base_env()),
         capture_output=True,
         check=False,
@@ -468,14 +471,15 @@ def bare_server(
     *,
     malloc: Mapping[str, str] | None = None,
     log: Path | None = None,
+    cpus: str | None = SERVER_CPUS,
     **options: int | str,
 ) -> Iterator[tuple[Proc, int]]:
-    """A `bench._baselines` server as a child process."""
+    """A `bench._baselines` server as a child process (pinned to `cpus`; None: not pinned)."""
     port = free_port()
     args = [PYTHON, "-m", "bench._baselines", "--kind", kind, "--port", str(port), "--mode", mode]
     for key, value in options.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
-    proc = Proc(args, base_env(malloc), log)
+    proc = Proc(args, base_env(malloc), log, cpus)
     try:
         wait_port(port, proc)
         yield proc, port

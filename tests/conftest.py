@@ -114,6 +114,9 @@ class Waiters(LoaderEvents):
     def hash_mismatch(self) -> None:
         self._inner.hash_mismatch()
 
+    def flights(self, count: int) -> None:
+        self._inner.flights(count)
+
     def wait_for(self, count: int, timeout: float = 30) -> bool:
         """Block until `count` Loads wait on downloads; False if it did not happen in time."""
         with self._changed:

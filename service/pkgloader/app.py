@@ -8,10 +8,12 @@ import random
 import signal
 import tempfile
 import threading
+from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import grpc
 import httpx
@@ -37,10 +39,11 @@ from pkgloader.resolve import (
     Source,
     UrlSource,
 )
+from pkgloader.rpc import wire
 from pkgloader.rpc.auth import TokenAuth
 from pkgloader.rpc.interceptors import CallInterceptor, CallLimits
 from pkgloader.rpc.reflection import CommentedReflection, commented_files
-from pkgloader.rpc.servicer import PackageLoaderServicer, add_to_server
+from pkgloader.rpc.servicer import PackageLoaderServicer
 from pkgloader.settings import Settings
 from pkgloader.status_page import StatusReport
 from pkgloader.tree import TreeLoader
@@ -183,6 +186,7 @@ def build(settings: Settings) -> App:
             log.info("removed temp files left by a crash", extra={"count": removed})
     scratch = None if disk else tempfile.TemporaryDirectory(prefix="pkgloader-")
     memory: MemoryCache[StoredPackage] = MemoryCache(settings.memory_cache_bytes)
+    metrics = Metrics(memory, disk, max_cache_bytes=settings.max_cache_bytes)
     loader = PackageLoader(
         fetchers=fetchers,
         disk=disk,
@@ -196,10 +200,9 @@ def build(settings: Settings) -> App:
         lease_wait=settings.download_timeout,
         abandon_grace=settings.abandon_grace,
         foreign_lease_wait=settings.foreign_lease_wait,
+        events=metrics,
     )
-    metrics = Metrics(loader, memory, disk, max_cache_bytes=settings.max_cache_bytes)
     metrics.temp_removed.inc(removed)
-    loader.events = metrics
     app = App(settings, loader, CacheMaintenance(disk, memory), http, metrics, _scratch=scratch)
     app.resolver = build_resolver(settings, loader, http, fetchers.http, policy)
     app.trees = TreeLoader(loader, app.resolver)
@@ -234,8 +237,36 @@ def build_resolver(
     return Resolver(MultiSource(sources))
 
 
-def create_server(app: App, address: str | None = None) -> tuple[grpc.Server, int]:
-    """A started-ready (not started) server bound to `address`; returns it and its port."""
+def make_servicer(
+    app: App, kind: type[PackageLoaderServicer] = PackageLoaderServicer
+) -> PackageLoaderServicer:
+    """The servicer over the app's parts (a subclass may be named: tests' faulty servicers)."""
+    return kind(
+        app.loader,
+        app.maintenance,
+        app.settings.call_timeout,
+        resolver=app.resolver,
+        trees=app.trees,
+    )
+
+
+def create_server(
+    app: App,
+    address: str | None = None,
+    *,
+    servicer: PackageLoaderServicer | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
+    credentials: grpc.ServerCredentials | None = None,
+    services: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
+) -> tuple[grpc.Server, int]:
+    """A server ready to start (not started) on `address` (default: the settings' listen);
+    returns it and its port.
+
+    Its parts, each defaulting to what the settings make: the servicer (`make_servicer`),
+    interceptors in front of ours (what a gateway would do), the TLS credentials, and services
+    served beside ours, health and reflection. Whatever is passed in, the rest is production's:
+    the call interceptor (auth, limits, error mapping, access log, metrics), the thread pools,
+    the channel options."""
     settings = app.settings
     auth = TokenAuth(settings.auth_tokens, settings.auth_exempt) if settings.auth_tokens else None
     # Business calls run on `workers` threads; health and reflection on threads of their own,
@@ -255,7 +286,10 @@ def create_server(app: App, address: str | None = None) -> tuple[grpc.Server, in
     )
     server = grpc.server(
         business,
-        interceptors=[CallInterceptor(observers=[app.metrics.rpc], auth=auth, limits=limits)],
+        interceptors=[
+            *interceptors,
+            CallInterceptor(observers=[app.metrics.rpc], auth=auth, limits=limits),
+        ],
         options=[
             *SERVER_OPTIONS,
             ("grpc.max_receive_message_length", settings.max_request_bytes),
@@ -264,16 +298,9 @@ def create_server(app: App, address: str | None = None) -> tuple[grpc.Server, in
         # Calls beyond this wait in no queue: they get RESOURCE_EXHAUSTED at once.
         maximum_concurrent_rpcs=settings.workers * 16,
     )
-    add_to_server(
-        PackageLoaderServicer(
-            app.loader,
-            app.maintenance,
-            settings.call_timeout,
-            resolver=app.resolver,
-            trees=app.trees,
-        ),
-        server,
-    )
+    wire.register(servicer or make_servicer(app), server)
+    if services:
+        server.add_generic_rpc_handlers(tuple(services))
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
         CommentedReflection(
@@ -288,7 +315,7 @@ def create_server(app: App, address: str | None = None) -> tuple[grpc.Server, in
     )
     address = address or settings.listen
     try:
-        credentials = _tls_credentials(settings)
+        credentials = credentials or _tls_credentials(settings)
         if credentials is None:
             port = server.add_insecure_port(address)
         else:

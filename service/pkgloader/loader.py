@@ -90,13 +90,16 @@ class StoredPackage:
     source: formats.ByteSource
     container: formats.Container
     cache_name: str | None  # the file name in the disk cache, when the package is there
-    #: Values derived from the (immutable) package by the layers above, built once per package.
-    #: Sized values go through `remember`, so the memory tier charges them.
+    #: Small values the core derives from the (immutable) package once (contents' checked
+    #: hashes, tree sizes). Larger values kept by the layers above are theirs to keep; they
+    #: report their size through `charge`.
     memo: dict[str, Any] = field(default_factory=dict)
-    #: Told of bytes `remember` adds (set by the loader once the memory tier holds the package).
+    #: time.monotonic() of the last disk last-use stamp renewal (the loader's touch clock)
+    touched: float = -1e9
+    #: Told of bytes `charge` adds (set by the loader once the memory tier holds the package).
     on_grow: Callable[[int], None] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _remembered: int = 0
+    _charged: int = 0
 
     @property
     def in_memory(self) -> bool:
@@ -105,9 +108,9 @@ class StoredPackage:
     @property
     def charged_bytes(self) -> int:
         """What this package holds in process memory: its bytes (when they are there), what
-        its parse keeps, and what was remembered with it."""
+        its parse keeps, and what layers above keep for it (`charge`)."""
         held = self.size if self.in_memory else 0
-        return held + self.container.retained_bytes + self._remembered
+        return held + self.container.retained_bytes + self._charged
 
     def remember(self, key: str, value: _V, cost: int | None = None) -> _V:
         """Keep `value` (built once per package) under `key` and charge it `cost` bytes (a
@@ -122,11 +125,22 @@ class StoredPackage:
                 assert isinstance(value, bytes | bytearray), "give the cost of a non-bytes value"
                 cost = len(value)
             cost += _MEMO_OVERHEAD
-            self._remembered += cost
+            self._charged += cost
+        self._grown(cost)
+        return value
+
+    def charge(self, extra: int) -> None:
+        """`extra` more bytes are kept for as long as this package object lives (a layer above
+        keeps a value derived from it): the memory tier, when it holds the package, charges them."""
+        with self._lock:
+            self._charged += extra
+        self._grown(extra)
+
+    def _grown(self, extra: int) -> None:
+        with self._lock:
             grow = self.on_grow
         if grow is not None:
-            grow(cost)
-        return value
+            grow(extra)
 
     def chunks(self, size: int = CHUNK) -> Iterator[bytes | memoryview]:
         """The package bytes in order, `size` at a time (views when in memory, else one read
@@ -168,6 +182,10 @@ class LoaderEvents:
 
     def waiting(self) -> None:
         """A Load began to wait for a download in flight (one it started or joined)."""
+
+    def flights(self, count: int) -> None:
+        """Downloads in flight in this process changed to `count` (called under the loader's
+        lock, so the counts arrive in order: keep it quick)."""
 
 
 @dataclass(frozen=True)
@@ -227,6 +245,7 @@ class PackageLoader:
         abandon_grace: float = 10.0,
         foreign_lease_wait: float = 5.0,
         memo_budget: int = MEMO_BUDGET,
+        events: LoaderEvents | None = None,
     ) -> None:
         self.fetchers = fetchers
         self.disk = disk
@@ -252,8 +271,8 @@ class PackageLoader:
         # an unlinked one in a private folder.
         self._scratch = scratch_dir or Path(tempfile.gettempdir())
         self._disk_memos: MemoryCache[_DiskMemo] = MemoryCache(memo_budget)
-        #: Notified of downloads and hash mismatches (metrics hook in here).
-        self.events: LoaderEvents = LoaderEvents()
+        #: Notified of downloads, flights and hash mismatches (the metrics, passed in by `app`).
+        self.events: LoaderEvents = events or LoaderEvents()
 
     @property
     def inflight(self) -> int:
@@ -300,8 +319,8 @@ class PackageLoader:
                 # Renew the file's last-use stamp; a clock kept with the package spares even the
                 # stat() on most hits.
                 now = time.monotonic()
-                if now - cached.memo.get("touched", -1e9) > self.disk.touch_interval / 2:
-                    cached.memo["touched"] = now
+                if now - cached.touched > self.disk.touch_interval / 2:
+                    cached.touched = now
                     self.disk.touch(expected)
             return LoadResult(cached, Source.MEMORY)
         from_disk = self._from_disk(expected)
@@ -458,6 +477,7 @@ class PackageLoader:
             flight = _Flight(key)
             flight.waiters = 1
             self._flights[key] = flight
+            self.events.flights(len(self._flights))
         self._pool.submit(self._run_flight, flight, work)
         return flight
 
@@ -475,6 +495,7 @@ class PackageLoader:
                 if self._flights.get(flight.key) is flight:
                     del self._flights[flight.key]
                     self._room.notify_all()
+                    self.events.flights(len(self._flights))
 
     def _abandoned(self, flight: _Flight) -> bool:
         """True once nobody has waited for `flight` for `abandon_grace` s. Then the flight is
@@ -486,6 +507,7 @@ class PackageLoader:
             if self._flights.get(flight.key) is flight:
                 del self._flights[flight.key]
                 self._room.notify_all()
+                self.events.flights(len(self._flights))
             return True
 
     def _check_wanted(self, flight: _Flight | None) -> None:

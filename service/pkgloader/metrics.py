@@ -29,7 +29,8 @@ from prometheus_client.registry import Collector
 
 from pkgloader.cache.disk import DiskCache
 from pkgloader.cache.memory import MemoryCache
-from pkgloader.loader import LoaderEvents, PackageLoader, StoredPackage
+from pkgloader.loader import LoaderEvents, StoredPackage
+from pkgloader.rpc.calls import CallRecord
 
 _SIZE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
 _RPC_BUCKETS = (
@@ -113,7 +114,6 @@ _WAITS_HELP = "Waits for another process's download lease since start"
 class Metrics(LoaderEvents):
     def __init__(
         self,
-        loader: PackageLoader,
         memory: MemoryCache[StoredPackage],
         disk: DiskCache | None,
         *,
@@ -193,9 +193,10 @@ class Metrics(LoaderEvents):
         Gauge(
             "pkgloader_memory_cache_entries", "Packages held by the memory cache", registry=r
         ).set_function(lambda: len(memory))
-        Gauge(
+        # Set by the loader's events (`flights`): the loader is built after, and given, us.
+        self.inflight = Gauge(
             "pkgloader_inflight_downloads", "Downloads in progress in this process", registry=r
-        ).set_function(lambda: loader.inflight)
+        )
         self.disk = _DiskCollector(disk) if disk is not None else None
         if self.disk is not None:
             r.register(self.disk)
@@ -217,17 +218,21 @@ class Metrics(LoaderEvents):
     def hash_mismatch(self) -> None:
         self.mismatches.inc()
 
+    def flights(self, count: int) -> None:
+        self.inflight.set(count)
+
     # interceptor observer
-    def rpc(self, method: str, code: str, seconds: float, fields: dict[str, Any]) -> None:
+    def rpc(self, call: CallRecord) -> None:
         # Labelled children are looked up once per label set: .labels() costs a lock and a
         # dict build on every call, and this runs on every RPC.
+        method, code, seconds = call.method, call.code, call.seconds
         histogram = self._rpc_children.get((method, code))
         if histogram is None:
             histogram = self.rpc_seconds.labels(method.rsplit("/", 1)[-1], code)
             self._rpc_children[(method, code)] = histogram
         histogram.observe(seconds)
         if method == _LOAD:
-            source = fields.get("source", "none")
+            source = call.source or "none"
             counter = self._load_children.get((source, code))
             if counter is None:
                 counter = self._load_children[(source, code)] = self.loads.labels(source, code)
@@ -239,10 +244,10 @@ class Metrics(LoaderEvents):
             if code == "OK":
                 # A plain dict increment under the GIL: exact enough for a ratio on a page.
                 self.load_sources[source] = self.load_sources.get(source, 0) + 1
-            elif reason := fields.get("reason"):
-                self.load_failures.labels(reason).inc()
-            if sent := fields.get("sent_bytes", 0):
-                self.served.inc(sent)
+            elif call.reason:
+                self.load_failures.labels(call.reason).inc()
+            if call.sent_bytes:
+                self.served.inc(call.sent_bytes)
 
     def serve(self, address: str, status: Callable[[], Any] | None = None) -> int:
         """Start the HTTP endpoint: /metrics, and /status (JSON of `status()`, a dataclass)

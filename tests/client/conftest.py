@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +18,10 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2_grpc
 from pkgloader import app as app_module
 from pkgloader import errors
-from pkgloader.rpc.interceptors import CallInterceptor
 from pkgloader.rpc.servicer import PackageLoaderServicer
 from pkgloader_client import pb
-from pkgloader_client.server import add_PackageLoaderServiceServicer_to_server
 
 from tests.conftest import REPO, test_settings
 
@@ -66,21 +62,17 @@ def custom_server(
     credentials: grpc.ServerCredentials | None = None,
     **overrides: Any,
 ) -> Iterator[Custom]:
-    """The real service (real loader, caches, error mapping) with a chosen servicer class, extra
-    interceptors in front (a stand-in for a gateway), or TLS."""
+    """The production server (`app.create_server`: its interceptor, pools, options, health)
+    with one part chosen: a servicer class that fails in a chosen way, interceptors in front (a
+    stand-in for a gateway), or TLS credentials."""
     root.mkdir(parents=True, exist_ok=True)
     app = app_module.build(test_settings(root, **overrides))
-    server = grpc.server(
-        futures.ThreadPoolExecutor(8),
-        interceptors=[*interceptors, CallInterceptor()],
-        options=app_module.SERVER_OPTIONS,
+    server, port = app_module.create_server(
+        app,
+        servicer=app_module.make_servicer(app, servicer),
+        interceptors=interceptors,
+        credentials=credentials,
     )
-    add_PackageLoaderServiceServicer_to_server(servicer(app.loader, app.maintenance), server)
-    health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
-    if credentials is None:
-        port = server.add_insecure_port("127.0.0.1:0")
-    else:
-        port = server.add_secure_port("127.0.0.1:0", credentials)
     server.start()
     app_module.set_serving(app, True)
     try:
@@ -127,7 +119,7 @@ class FlipsAByte(PackageLoaderServicer):
     def Load(self, request: pb.LoadRequest, context: grpc.ServicerContext) -> Iterator[Any]:
         for n, response in enumerate(super().Load(request, context)):
             if n == 1:
-                data = bytearray(response.chunk)
+                data = bytearray(pb.LoadResponse.FromString(response).chunk)
                 data[100] ^= 0xFF
                 response = pb.LoadResponse(chunk=bytes(data))
             yield response

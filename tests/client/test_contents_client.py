@@ -121,7 +121,7 @@ class _FlipsAtomByte(PackageLoaderServicer):
     def GetAtom(self, request: Any, context: Any) -> Iterator[Any]:
         for n, response in enumerate(super().GetAtom(request, context)):
             if n == 1:
-                data = bytearray(response.chunk)
+                data = bytearray(pb.GetAtomResponse.FromString(response).chunk)
                 data[100] ^= 0xFF
                 response = pb.GetAtomResponse(chunk=bytes(data))
             yield response

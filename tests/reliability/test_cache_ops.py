@@ -160,7 +160,7 @@ def bare_server() -> Iterator[tuple[str, list[tuple[str, str]]]]:
     server = grpc.server(
         futures.ThreadPoolExecutor(2),
         interceptors=[
-            CallInterceptor(observers=[lambda method, code, s, f: observed.append((method, code))])
+            CallInterceptor(observers=[lambda call: observed.append((call.method, call.code))])
         ],
         options=SERVER_OPTIONS,
     )

@@ -1,14 +1,16 @@
 """Cross-cutting concerns of every RPC, in one place: error mapping, the access log, metrics,
 and the server's concurrency limits (`CallLimits`).
 
-Servicer methods raise domain errors and return; this wraps every handler so that each error is
-mapped once (`status.to_status`), every call logs one structured line, and an unexpected
-exception is logged with its traceback and sent as a bare INTERNAL.
+Servicer methods raise domain errors and return; this wraps every handler, of every kind, so that
+each error is mapped once (`status.to_status`), every call is authenticated (when auth is on) and
+logs one structured line from its typed `CallRecord` (`rpc.calls`), and an unexpected exception is
+logged with its traceback and sent as a bare INTERNAL.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import itertools
 import logging
 import threading
@@ -25,7 +27,9 @@ from pkgloader_client import SERVICE_NAME
 
 from pkgloader import logs
 from pkgloader.errors import PkgloaderError, ResourceExhausted, SendStalled, TooManyStreams
+from pkgloader.rpc import calls
 from pkgloader.rpc.auth import TokenAuth
+from pkgloader.rpc.calls import CallRecord
 from pkgloader.rpc.status import code_for, internal_status, to_status
 
 log = logging.getLogger("pkgloader.access")
@@ -38,19 +42,10 @@ _SEQUENCE = itertools.count(1)
 #: The server's grpc.max_send_message_length (app.SERVER_OPTIONS; a test keeps the two equal).
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 
-#: Called once per finished RPC with (method, code name, seconds, the servicer's log fields).
-Observer = Callable[[str, str, float, dict[str, Any]], None]
-
-
-class CallContext:
-    """Per-call facts the servicer adds for the access log (package id, hash, source, bytes)."""
-
-    __slots__ = ("fields", "metadata")
-
-    def __init__(self, metadata: dict[str, Any]) -> None:
-        self.fields: dict[str, Any] = {}
-        self.metadata = metadata
-
+#: Called once per finished RPC with its record (code and seconds set).
+Observer = Callable[[CallRecord], None]
+#: `contextvars.Context.run` of the call's context: runs a callable where the call is current.
+_Run = Callable[..., Any]
 
 #: Streams of bulk data, limited per connection: method -> "is this request one?".
 _CONTENT_STREAMS: dict[str, Callable[[Any], bool]] = {
@@ -119,55 +114,80 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         return wrapped
 
     def _wrap_behaviour(self, handler: Any, method: str) -> Any:
+        """Every handler kind through the same path (auth, limits, error mapping, log line):
+        unary and client-streaming requests as `unary`, server and bidi streams as `stream`."""
         if handler is None:
             return None
         if handler.unary_stream is not None and getattr(
             handler.unary_stream, "experimental_non_blocking", False
         ):
             return self._wrap_non_blocking(handler, method)
-        if handler.unary_unary is not None:
-            inner_uu, serialize = handler.unary_unary, handler.response_serializer
+        if handler.unary_unary is not None or handler.stream_unary is not None:
+            # Client streams (none in our service today) get no request for auth to inspect:
+            # their requests have not arrived when the call is admitted.
+            streamed_request = handler.stream_unary is not None
+            inner_u = handler.stream_unary if streamed_request else handler.unary_unary
+            serialize = handler.response_serializer
 
             def unary(request: Any, context: grpc.ServicerContext) -> Any:
-                call = self._begin(context)
+                call, run = self._begin(context, method)
                 started, code = time.perf_counter(), "OK"
                 try:
-                    self._authorize(method, call, request)
+                    self._authorize(method, call, None if streamed_request else request)
                     # Serialized here, not by grpc after we return: a response that cannot be
                     # serialized, or is over the send limit, then fails where it is logged.
-                    return _serialized(inner_uu(request, context), serialize)
+                    return _serialized(run(inner_u, request, context), serialize)
                 except Exception as exc:
                     code = self._fail(exc, context, method, call)
                     raise
                 finally:
                     self._end(method, code, started, call)
 
-            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, None)
+            make_u = (
+                grpc.stream_unary_rpc_method_handler
+                if streamed_request
+                else grpc.unary_unary_rpc_method_handler
+            )
+            return make_u(unary, handler.request_deserializer, None)
         if handler.unary_stream is not None or handler.stream_stream is not None:
             # Server streams (Load, Scan, health Watch) and bidi streams (reflection) alike.
             bidi = handler.stream_stream is not None
             inner_s = handler.stream_stream if bidi else handler.unary_stream
 
             def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                call = self._begin(context)
+                call, run = self._begin(context, method)
                 started, code = time.perf_counter(), "OK"
                 release: Callable[[], None] | None = None
                 watched: _Watched | None = None
+                items: Iterator[Any] | None = None
                 try:
                     self._authorize(method, call, None if bidi else request)
                     release = self._admit(method, request, context)
+                    # Each step of the servicer's generator runs in the call's context, on
+                    # whichever worker thread grpc resumes us: `calls.current()` is this call.
+                    items = run(inner_s, request, context)
                     watchdog = self._watchdog
-                    if watchdog is None:
-                        yield from inner_s(request, context)
-                    else:
+                    if watchdog is not None:
                         watched = watchdog.watch(context)
-                        for item in inner_s(request, context):
+                    while True:
+                        try:
+                            item = run(next, items)
+                        except StopIteration:
+                            break
+                        if watched is not None:
                             # Suspended here, grpc is sending `item` from this thread.
                             watched.since = time.monotonic()
                             yield item
                             watched.since = None
+                        else:
+                            yield item
                 except GeneratorExit:
                     code = "CANCELLED"  # the client went away mid-stream
+                    # What `yield from` did: close the servicer's generator (its `finally`
+                    # blocks run), in the call's context.
+                    close = getattr(items, "close", None)
+                    if close is not None:
+                        run(close)
                     raise
                 except Exception as exc:
                     code = self._fail(exc, context, method, call)
@@ -177,8 +197,8 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                         self._watchdog.forget(watched)
                         if watched.stalled is not None:
                             code = "CANCELLED"
-                            call.fields["error"] = watched.stalled.message
-                            call.fields["reason"] = watched.stalled.reason
+                            call.error = watched.stalled.message
+                            call.reason = watched.stalled.reason
                     if release is not None:
                         release()
                     if code == "OK" and not context.is_active():
@@ -191,7 +211,8 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 else grpc.unary_stream_rpc_method_handler
             )
             return make(stream, handler.request_deserializer, handler.response_serializer)
-        return handler
+        # A handler with no behaviour grpc knows: refuse to serve it rather than pass it by.
+        raise TypeError(f"{method}: a method handler of no kind grpc defines: {handler!r}")
 
     def _wrap_non_blocking(self, handler: Any, method: str) -> Any:
         """A behaviour that returns at once and sends later through a callback (health Watch):
@@ -203,11 +224,11 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             context: grpc.ServicerContext,
             send_response_callback: Callable[[Any], None] | None = None,
         ) -> None:
-            call = self._begin(context)
+            call, run = self._begin(context, method)
             started = time.perf_counter()
             try:
                 self._authorize(method, call, request)
-                inner(request, context, send_response_callback)
+                run(inner, request, context, send_response_callback)
             except Exception as exc:
                 self._end(method, self._fail(exc, context, method, call), started, call)
                 raise
@@ -240,29 +261,35 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             return None
         return self._connections.enter(context.peer())
 
-    def _authorize(self, method: str, call: CallContext, request: Any) -> None:
+    def _authorize(self, method: str, call: CallRecord, request: Any) -> None:
         if self._auth is not None:
             role = self._auth.check(method, call.metadata, request)
             if role is not None:
-                call.fields["role"] = role
+                call.role = role
 
     @staticmethod
-    def _begin(context: grpc.ServicerContext) -> CallContext:
+    def _begin(context: grpc.ServicerContext, method: str) -> tuple[CallRecord, _Run]:
+        """Open the call's record and the context the handler runs in (where it is current).
+
+        The one place a call starts: a tracing hook opens its span here and writes its ids into
+        the record (`trace_id`, `span_id`), so every log line carries them."""
         metadata = dict(context.invocation_metadata() or ())
-        call = CallContext(metadata)
         request_id = metadata.get("x-request-id")
         if not isinstance(request_id, str) or not request_id or len(request_id) > 128:
             request_id = f"{_PROCESS_ID}-{next(_SEQUENCE):x}"
-        call.fields["request_id"] = request_id
-        setattr(context, "pkgloader_call", call)  # noqa: B010 - the servicer adds its facts here
-        return call
+        call = CallRecord(method=method, request_id=request_id, metadata=metadata)
+        # A copy of the worker thread's context (O(1)): what other layers keep there stays
+        # visible, and what the call sets there stays with the call.
+        scope = contextvars.copy_context()
+        scope.run(calls.bind, call)
+        return call, scope.run
 
     @staticmethod
-    def _fail(exc: Exception, context: grpc.ServicerContext, method: str, call: CallContext) -> str:
+    def _fail(exc: Exception, context: grpc.ServicerContext, method: str, call: CallRecord) -> str:
         """Set the status for `exc` on the call; the caller re-raises, and grpc sends it."""
         if isinstance(exc, PkgloaderError):
-            call.fields["error"] = exc.message
-            call.fields["reason"] = exc.reason
+            call.error = exc.message
+            call.reason = exc.reason
             status = to_status(exc)
             code = code_for(exc).name
         else:
@@ -270,7 +297,7 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 "unexpected error in %s",
                 method,
                 exc_info=exc,
-                extra={"request_id": call.fields["request_id"]},
+                extra={"request_id": call.request_id},
             )
             status, code = internal_status(), "INTERNAL"
         # abort_with_status records the status, then raises by design; the original exception
@@ -279,23 +306,15 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             context.abort_with_status(status)
         return code
 
-    def _end(self, method: str, code: str, started: float, call: CallContext) -> None:
-        seconds = time.perf_counter() - started
+    def _end(self, method: str, code: str, started: float, call: CallRecord) -> None:
+        call.seconds = time.perf_counter() - started
+        call.code = code
         # Health checks and reflection come every few seconds from probes: keep them at DEBUG.
         level = logging.DEBUG if method.startswith("/grpc.") else logging.INFO
-        logs.emit(
-            log,
-            level,
-            "rpc",
-            {
-                "method": method,
-                "status": code,
-                "duration_ms": round(seconds * 1e3, 3),
-                **call.fields,
-            },
-        )
+        if log.isEnabledFor(level):
+            logs.emit(log, level, "rpc", call.log_fields())
         for observe in self._observers:
-            observe(method, code, seconds, call.fields)
+            observe(call)
 
 
 class _PerConnection:

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, cast
+from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
-from pkgloader_client.server import (
-    SERVICE_NAME,
-    PackageLoaderServiceServicer,
-    add_PackageLoaderServiceServicer_to_server,
-    pb,
-)
+from google.protobuf import duration_pb2, timestamp_pb2
+from pkgloader_client.server import PackageLoaderServiceServicer, pb
 
-from pkgloader import contents, formats
+from pkgloader import contents
 from pkgloader.cache.disk import Entry
 from pkgloader.errors import InvalidRequest
-from pkgloader.formats.writer import uleb128 as _varint  # a protobuf varint is ULEB128
 from pkgloader.hashes import WebcHash
-from pkgloader.loader import LoadRequest, LoadResult, PackageLoader, StoredPackage
+from pkgloader.loader import LoadRequest, PackageLoader
 from pkgloader.maintenance import CacheMaintenance, RetainCriteria
-from pkgloader.policy import CallerRole, HashPolicy, Source
+from pkgloader.policy import CallerRole, HashPolicy
 from pkgloader.resolve import (
     Dist,
     Edge,
@@ -32,9 +26,10 @@ from pkgloader.resolve import (
     ResolvedCommand,
     Resolves,
 )
+from pkgloader.rpc import calls, wire
+from pkgloader.rpc.wire import CHUNK, MetadataCache
 from pkgloader.tree import PackageTree, TreeCommand, TreeLoader, TreeRoot, atom_chunks
 
-CHUNK = 1024 * 1024  # the contract: content chunks of at most 1 MiB
 SCAN_BATCH = 1000
 # Every response stays far below 4 MiB, the receive limit gRPC clients (Go, Node, Java, Python)
 # have by default, whatever the cache holds: a CacheEntry is at most ~170 bytes, a HashMismatch
@@ -52,18 +47,9 @@ _POLICIES = {
     pb.HASH_VALIDATION_WARN: HashPolicy.WARN,
     pb.HASH_VALIDATION_FAIL: HashPolicy.FAIL,
 }
-_SOURCES = {
-    Source.MEMORY: pb.SOURCE_MEMORY,
-    Source.DISK: pb.SOURCE_DISK,
-    Source.DOWNLOAD: pb.SOURCE_DOWNLOAD,
-}
 
 
 class PackageLoaderServicer(PackageLoaderServiceServicer):
-    #: Load yields serialized `LoadResponse` bytes instead of messages. Only `add_to_server` sets
-    #: it, as it registers the serializer that passes such bytes through.
-    preserialized = False
-
     def __init__(
         self,
         loader: PackageLoader,
@@ -71,8 +57,10 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
         call_timeout: float = 900.0,
         resolver: Resolves | None = None,
         trees: TreeLoader | None = None,
+        wire: MetadataCache | None = None,
     ) -> None:
         self._loader = loader
+        self._wire = wire if wire is not None else MetadataCache()
         self._maintenance = maintenance
         self._call_timeout = call_timeout
         self._resolver = resolver
@@ -80,8 +68,9 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
 
     def Load(self, request: pb.LoadRequest, context: grpc.ServicerContext) -> Iterator[Any]:
         dist = request.summary.dist
-        log = _log_fields(context)
-        log.update(package_id=request.summary.package_id[:200], sha256=dist.webc_sha256[:64])
+        call = calls.current()
+        call.package_id = request.summary.package_id[:200]
+        call.sha256 = dist.webc_sha256[:64]
         result = self._loader.load(
             LoadRequest(
                 url=dist.webc_url,
@@ -91,21 +80,18 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
                 size_hint=dist.webc_size if dist.HasField("webc_size") else None,
                 # The interceptor records the role when client auth is on; without it every
                 # caller may do anything, so each is ADMIN.
-                role=CallerRole.READER if log.get("role") == "reader" else CallerRole.ADMIN,
+                role=CallerRole.READER if call.role == "reader" else CallerRole.ADMIN,
             ),
             alive=context.is_active,
             timeout=_timeout(context, self._call_timeout),
         )
-        log.update(source=result.source.value, bytes=result.package.size)
-        # Ready-made LoadResponse bytes: registered through `add_to_server`, they go out as they
-        # are; registered through the generated function, they are parsed back into messages.
-        ready = self.preserialized
-        first = _package_message(result, request.summary.package_id)
-        yield first if ready else pb.LoadResponse.FromString(first)
+        call.source = result.source.value
+        call.package_bytes = result.package.size
+        # Ready-made LoadResponse bytes (rpc.wire): the kept metadata, then framed chunks.
+        yield self._wire.package_message(result, request.summary.package_id)
         if request.include_content:
-            for message in _chunk_messages(result.package):
-                yield message if ready else pb.LoadResponse.FromString(message)
-            log["sent_bytes"] = result.package.size
+            yield from wire.chunk_messages(result.package.chunks(CHUNK))
+            call.sent_bytes = result.package.size
 
     def ValidateCache(
         self, request: pb.ValidateCacheRequest, context: grpc.ServicerContext
@@ -134,8 +120,9 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
             if budget < 0:
                 break
             invalid.append(item)
-        log = _log_fields(context)
-        log.update(mismatches=report.mismatch_count, invalid_packages=report.invalid_count)
+        call = calls.current()
+        call.mismatches = report.mismatch_count
+        call.invalid_packages = report.invalid_count
         return pb.ValidateCacheResponse(
             mismatches=[
                 pb.HashMismatch(
@@ -187,7 +174,7 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
                 dry_run=request.dry_run,
             )
         )
-        _log_fields(context)["removed_files"] = outcome.removed_files
+        calls.current().removed_files = outcome.removed_files
         return pb.RetainResponse(
             removed=[self._entry(e) for e in outcome.removed],
             kept_files=outcome.kept_files,
@@ -220,7 +207,7 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
     def Resolve(
         self, request: pb.ResolveRequest, context: grpc.ServicerContext
     ) -> pb.ResolveResponse:
-        _log_fields(context)["specifier"] = request.specifier[:200]
+        calls.current().specifier = request.specifier[:200]
         if self._resolver is None:  # only servers built by hand in tests; app.build wires one
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server has no resolver")
         resolved = self._resolver.resolve(request.specifier)
@@ -231,7 +218,7 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
     def LoadTree(
         self, request: pb.LoadTreeRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.LoadTreeResponse]:
-        log = _log_fields(context)
+        call = calls.current()
         if request.WhichOneof("root") == "summary":
             summary = request.summary
             dist = summary.dist
@@ -243,7 +230,8 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
             )
         else:
             root = TreeRoot(specifier=request.specifier)
-        log.update(specifier=(root.specifier or root.package_id)[:200], sha256=root.sha256)
+        call.specifier = (root.specifier or root.package_id)[:200]
+        call.sha256 = root.sha256
         resolution = None
         if request.HasField("resolution"):
             resolution = resolution_from_proto(request.resolution)
@@ -254,7 +242,7 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
             alive=context.is_active,
             timeout=_timeout(context, self._call_timeout),
         )
-        log.update(packages=len(tree.packages))
+        call.packages = len(tree.packages)
         yield pb.LoadTreeResponse(package=_binary_package(tree))
         if request.include_atoms:
             sent = 0
@@ -264,7 +252,7 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
                         atom=pb.AtomChunk(atom_sha256=atom.sha256, offset=offset, data=data)
                     )
                     sent += len(data)
-            log["sent_bytes"] = sent
+            call.sent_bytes = sent
 
     def _entry(self, entry: Entry) -> pb.CacheEntry:
         stamp = timestamp_pb2.Timestamp()
@@ -292,9 +280,8 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
                 kind=atom.kind,
             )
         )
-        for message in _content_chunks(checked):
-            yield message if self.preserialized else pb.GetAtomResponse.FromString(message)
-        _log_fields(context)["sent_bytes"] = checked.size
+        yield from wire.chunk_messages(checked.chunks(CHUNK))
+        calls.current().sent_bytes = checked.size
 
     def ReadFile(self, request: pb.ReadFileRequest, context: grpc.ServicerContext) -> Iterator[Any]:
         opened = self._open(request.webc_sha256, request, context)
@@ -309,9 +296,8 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
                 volume=found.volume,
             )
         )
-        for message in _content_chunks(checked):
-            yield message if self.preserialized else pb.ReadFileResponse.FromString(message)
-        _log_fields(context)["sent_bytes"] = checked.size
+        yield from wire.chunk_messages(checked.chunks(CHUNK))
+        calls.current().sent_bytes = checked.size
 
     def ListDirectory(
         self, request: pb.ListDirectoryRequest, context: grpc.ServicerContext
@@ -344,8 +330,8 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
                 package_id=summary.package_id,
                 size_hint=summary.dist.webc_size if summary.dist.HasField("webc_size") else None,
             )
-        log = _log_fields(context)
-        log.update(sha256=(sha256 or (load.sha256 if load else ""))[:64])
+        call = calls.current()
+        call.sha256 = (sha256 or (load.sha256 if load else ""))[:64]
         opened = contents.open_contents(
             self._loader,
             sha256,
@@ -353,7 +339,8 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
             alive=context.is_active,
             timeout=_timeout(context, self._call_timeout),
         )
-        log.update(source=opened.source.value, bytes=opened.size)
+        call.source = opened.source.value
+        call.package_bytes = opened.size
         return opened
 
 
@@ -380,11 +367,6 @@ def _seconds(duration: duration_pb2.Duration, name: str) -> float:
     return duration.seconds + duration.nanos / 1e9
 
 
-def _log_fields(context: grpc.ServicerContext) -> dict[str, Any]:
-    call = getattr(context, "pkgloader_call", None)
-    return call.fields if call is not None else {}
-
-
 def _enum(table: Mapping[Any, Any], value: int, name: str) -> Any:
     if value not in table:
         raise InvalidRequest(f"unknown {name} value {value}")
@@ -395,146 +377,6 @@ def _hashes(values: Any, name: str) -> frozenset[str]:
     if len(values) > MAX_LIST:
         raise InvalidRequest(f"{name} lists {len(values)} hashes; at most {MAX_LIST} are accepted")
     return frozenset(WebcHash.parse(v).hex for v in values)
-
-
-def add_to_server(servicer: PackageLoaderServicer, server: grpc.Server) -> None:
-    """Register `servicer` as the generated function does, except that Load's serializer passes
-    ready-made bytes through (and `servicer` is told to make them)."""
-    recorder = _Recorder()
-    add_PackageLoaderServiceServicer_to_server(servicer, cast(grpc.Server, recorder))
-    handlers = dict(recorder.handlers)
-    handlers["Load"] = handlers["Load"]._replace(response_serializer=_serialize_load)
-    # GetAtom and ReadFile chunks are framed the same way (field 2, bytes): built as bytes too.
-    for name in ("GetAtom", "ReadFile"):
-        handlers[name] = handlers[name]._replace(response_serializer=_serialize_load)
-    servicer.preserialized = True
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    # Registered methods skip grpcio's generic lookup per call; grpc-stubs does not know it yet.
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
-
-
-class _Recorder:
-    """Stands in for a server to catch the handlers the generated function registers."""
-
-    handlers: dict[str, Any]
-
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        pass
-
-    def add_registered_method_handlers(self, name: str, handlers: dict[str, Any]) -> None:
-        self.handlers = handlers
-
-
-def _serialize_load(item: pb.LoadResponse | bytes) -> bytes:
-    return item if isinstance(item, bytes) else item.SerializeToString()
-
-
-# A LoadResponse is a oneof of `package` (field 1) and `chunk` (field 2), both length-delimited
-# (wire type 2): tag byte, varint length, payload. Building the bytes here costs one copy of
-# each chunk (from the package bytes in memory, or from the buffer a file read filled) and no
-# protobuf work at all.
-_PACKAGE_TAG = b"\x0a"
-_CHUNK_TAG = b"\x12"
-
-
-_FULL_CHUNK_HEADER = _CHUNK_TAG + _varint(CHUNK)
-
-
-def _chunk_messages(stored: StoredPackage) -> Iterator[bytes]:
-    """`LoadResponse{chunk}` bytes for each 1 MiB slice of the package, in order (a file that
-    shrinks meanwhile ends the stream with `CacheFileChanged`, raised by `chunks`)."""
-    for piece in stored.chunks(CHUNK):
-        header = _FULL_CHUNK_HEADER if len(piece) == CHUNK else _CHUNK_TAG + _varint(len(piece))
-        yield b"".join((header, piece))
-
-
-def _content_chunks(checked: contents.Checked) -> Iterator[bytes]:
-    """`GetAtomResponse{chunk}` / `ReadFileResponse{chunk}` bytes (both: field 2, bytes) for each
-    1 MiB piece of a checked content. Building the messages with protobuf cost 2.5 times the
-    sha256 pass over the same bytes; framing them here costs one copy."""
-    for piece in checked.chunks(CHUNK):
-        header = _FULL_CHUNK_HEADER if len(piece) == CHUNK else _CHUNK_TAG + _varint(len(piece))
-        yield b"".join((header, piece))
-
-
-def _package_message(result: LoadResult, package_id: str) -> bytes:
-    """`LoadResponse{package}` bytes: this call's fields, then the package's serialized metadata.
-    Two serialized messages of one type, concatenated, parse as the two merged."""
-    head = pb.Package(
-        webc_sha256=result.package.hash.hex,
-        size=result.package.size,
-        source=_SOURCES[result.source],
-        cache_path=result.package.cache_name or "",
-        warnings=result.warnings,
-        package_id=package_id,
-    ).SerializeToString()
-    body = head + _metadata(result.package)
-    return _PACKAGE_TAG + _varint(len(body)) + body
-
-
-def _metadata(stored: StoredPackage) -> bytes:
-    """format, manifest and volumes, serialized: immutable per package, so built once and kept
-    with it (a warm Load then costs no manifest conversion and no large serialization)."""
-    cached: bytes | None = stored.memo.get("pb_metadata")
-    if cached is None:
-        # `remember` charges the bytes to the memory tier when the package is held there.
-        container = stored.container
-        cached = pb.Package(
-            format=container.format,
-            manifest=_manifest(container.manifest, container),
-            volumes=[
-                pb.Volume(name=name, files=volume.file_count, bytes=volume.total_bytes)
-                for name, volume in container.volumes().items()
-            ],
-        ).SerializeToString()
-        cached = stored.remember("pb_metadata", cached)
-    return cached
-
-
-def _manifest(manifest: formats.Manifest, container: formats.Container) -> pb.Manifest:
-    message = pb.Manifest(
-        commands=[
-            pb.Command(name=c.name, runner=c.runner, annotations=_struct(c.annotations))
-            for c in manifest.commands
-        ],
-        atoms=[
-            pb.Atom(
-                name=a.name,
-                kind=a.kind,
-                signature=a.signature,
-                size=a.size,
-                annotations=_struct(a.annotations),
-            )
-            for a in manifest.atoms
-        ],
-        dependencies=[pb.Dependency(alias=d.alias, spec=d.spec) for d in manifest.dependencies],
-        package=_struct(manifest.package),
-        bindings=[
-            pb.Binding(name=b.name, kind=b.kind, annotations=_value(b.annotations))
-            for b in manifest.bindings
-        ],
-    )
-    if manifest.entrypoint is not None:
-        message.entrypoint = manifest.entrypoint
-    return message
-
-
-def _struct(data: Any) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    if isinstance(data, dict):
-        struct.update(data)
-    return struct
-
-
-def _value(data: Any) -> struct_pb2.Value:
-    value = struct_pb2.Value()
-    if data is None:
-        value.null_value = struct_pb2.NULL_VALUE
-    else:
-        holder = struct_pb2.Struct()
-        holder.update({"v": data})
-        value.CopyFrom(holder.fields["v"])
-    return value
 
 
 # -- Resolve ----------------------------------------------------------------------------------
@@ -635,7 +477,7 @@ def _tree_command(c: TreeCommand) -> pb.TreeCommand:
     stored, key = c.declared_package, f"pb_annotations:{c.original_name}"
     annotations: bytes | None = None if stored is None else stored.memo.get(key)
     if annotations is None:
-        annotations = _struct(c.annotations).SerializeToString()
+        annotations = wire.struct(c.annotations).SerializeToString()
         if stored is not None:
             annotations = stored.remember(key, annotations)
     message.annotations.MergeFromString(annotations)
@@ -659,7 +501,7 @@ def _binary_package(tree: PackageTree) -> pb.BinaryPackage:
         ],
         packages=[
             pb.TreePackage(
-                id=p.id, webc_sha256=p.webc_sha256, source=_SOURCES[p.source], size=p.size
+                id=p.id, webc_sha256=p.webc_sha256, source=wire.SOURCES[p.source], size=p.size
             )
             for p in tree.packages
         ],

@@ -1,41 +1,33 @@
-"""The servicer through pytest-grpc's fixtures (`grpc_stub`, `grpc_channel`), backed by our real
-server: `create_server` on 127.0.0.1 port 0 (pytest-grpc's own `grpc_addr` probes a port and
-releases it, which races; ours binds port 0 and reports what it got)."""
+"""The servicer on the production server (`app.create_server`, one module-scoped instance): what
+Load returns for the fixtures, health, Scan, reflection.
+
+These once ran through pytest-grpc's fixtures. The plugin is gone: its server fixtures build a
+bare `grpc.server` from a servicer and interceptors (not the production wiring: no limits,
+pools, options, health or reflection), its `grpc_addr` probes a port on `localhost` and
+releases it (racy, and not always 127.0.0.1), and its fake-server mode imports grpc's private
+modules; what was left (a channel and a stub for an address) is two lines here."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pkgloader import app as app_module
 from pkgloader_client import PackageLoaderServiceStub, pb
 
-from tests.conftest import COWSAY, STATIC, load_request, test_settings
+from tests.conftest import COWSAY, STATIC, load_request, running, test_settings
 
 
 @pytest.fixture(scope="module")
-def grpc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    app = app_module.build(test_settings(tmp_path_factory.mktemp("servicer")))
-    server, port = app_module.create_server(app)
-    server.start()
-    app_module.set_serving(app, True)
-    server.pkgloader_port = port
-    yield server
-    server.stop(None).wait()
-    app.close()
+def grpc_channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[grpc.Channel]:
+    with running(test_settings(tmp_path_factory.mktemp("servicer"))) as server:
+        yield server.channel
 
 
 @pytest.fixture(scope="module")
-def grpc_addr(grpc_server: Any) -> str:
-    return f"127.0.0.1:{grpc_server.pkgloader_port}"
-
-
-@pytest.fixture(scope="module")
-def grpc_stub_cls() -> type[PackageLoaderServiceStub]:
-    return PackageLoaderServiceStub
+def grpc_stub(grpc_channel: grpc.Channel) -> PackageLoaderServiceStub:
+    return PackageLoaderServiceStub(grpc_channel)
 
 
 def test_load_returns_the_v3_manifest(grpc_stub: PackageLoaderServiceStub) -> None:

@@ -1,0 +1,119 @@
+"""The wire module (`rpc.wire`): one registration path for every RPC, and the per-package metadata
+cache, kept outside the domain object and charged to the memory tier."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from pkgloader import app as app_module
+from pkgloader.rpc import wire
+from pkgloader.rpc.servicer import PackageLoaderServicer
+from pkgloader_client import PackageLoaderServiceStub, pb
+
+from tests.conftest import DASH, HELLO, load_request, test_settings
+
+
+def test_every_method_of_the_proto_is_registered_with_its_kind() -> None:
+    """`wire.handlers` makes one handler per method the service descriptor declares, of the
+    descriptor's streaming kind, each bound to the servicer's method of that name."""
+    servicer = PackageLoaderServicer.__new__(PackageLoaderServicer)
+    table = wire.handlers(servicer)
+    declared = {m.name: (m.client_streaming, m.server_streaming) for m in wire.SERVICE.methods}
+    assert set(table) == set(declared)
+    assert len(declared) >= 10
+    for name, (client_streaming, server_streaming) in declared.items():
+        handler = table[name]
+        assert (handler.request_streaming, handler.response_streaming) == (
+            client_streaming,
+            server_streaming,
+        )
+        behaviour = next(
+            b
+            for b in (
+                handler.unary_unary,
+                handler.unary_stream,
+                handler.stream_unary,
+                handler.stream_stream,
+            )
+            if b is not None
+        )
+        assert behaviour == getattr(servicer, name)
+        assert handler.response_serializer is wire.serialize
+
+
+def test_ready_made_bytes_and_messages_serialize_alike() -> None:
+    """One serializer for every response: message bytes pass through, messages are serialized;
+    a framed chunk parses as the message protobuf would have built."""
+    message = pb.LoadResponse(chunk=b"x" * 300)
+    assert wire.serialize(message) == message.SerializeToString()
+    [framed] = wire.chunk_messages([b"x" * 300])
+    assert wire.serialize(framed) is framed
+    assert pb.LoadResponse.FromString(framed) == message
+    assert pb.GetAtomResponse.FromString(framed).chunk == b"x" * 300
+
+
+class _Messages(PackageLoaderServicer):
+    """Yields parsed messages instead of the ready-made bytes: the same registration serves it."""
+
+    def Load(self, request: Any, context: Any) -> Iterator[Any]:
+        for item in super().Load(request, context):
+            yield pb.LoadResponse.FromString(item)
+
+
+@pytest.fixture
+def built(tmp_path: Path) -> Iterator[tuple[app_module.App, wire.MetadataCache, Any]]:
+    """The production server with a servicer whose metadata cache the test can see."""
+    app = app_module.build(test_settings(tmp_path))
+    cache = wire.MetadataCache()
+    servicer = _Messages(app.loader, app.maintenance, wire=cache)
+    server, port = app_module.create_server(app, servicer=servicer)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield app, cache, PackageLoaderServiceStub(channel)
+    finally:
+        channel.close()
+        server.stop(None).wait()
+        app.close()
+
+
+def test_a_servicer_that_yields_messages_is_served_the_same(
+    built: tuple[app_module.App, wire.MetadataCache, Any],
+) -> None:
+    """A servicer yielding messages (a subclass) and the real one yielding bytes answer alike."""
+    _, _, stub = built
+    responses = list(stub.Load(load_request(HELLO.url, HELLO.sha256, include_content=True)))
+    assert responses[0].package.webc_sha256 == HELLO.sha256
+    assert responses[0].package.manifest.dependencies[0].alias == "static-web-server"
+    assert b"".join(r.chunk for r in responses[1:]) == HELLO.data
+
+
+def test_kept_metadata_is_charged_to_the_memory_tier_and_leaves_with_the_package(
+    built: tuple[app_module.App, wire.MetadataCache, Any],
+) -> None:
+    """The first Load keeps the package's serialized metadata in the wire cache (not on the
+    package) and the memory tier charges it once; evicted from memory, the kept bytes go too."""
+    app, cache, stub = built
+    memory = app.loader.memory
+    list(stub.Load(load_request(DASH.url, DASH.sha256)))  # download, admitted to memory
+    stored = memory.get(DASH.sha256)
+    assert stored is not None
+    assert stored.memo == {}  # the domain object holds no serialized protobuf
+    kept = cache.metadata(stored)
+    first = next(iter(stub.Load(load_request(DASH.url, DASH.sha256)))).package
+    assert first.manifest.atoms
+    assert first.source == pb.SOURCE_MEMORY
+    charged = memory.charge_of(DASH.sha256)
+    assert charged == DASH.size + stored.container.retained_bytes + len(kept) + wire._KEPT_OVERHEAD
+    list(stub.Load(load_request(DASH.url, DASH.sha256)))
+    assert memory.charge_of(DASH.sha256) == charged  # charged once, not per Load
+    assert len(cache) == 1
+    stub.Evict(pb.EvictRequest(webc_sha256=[DASH.sha256], scope=pb.EVICT_SCOPE_MEMORY))
+    del stored, kept
+    gc.collect()
+    assert len(cache) == 0
