@@ -283,6 +283,9 @@ def create_server(
         infra_pool=infra,
         # Reflection streams may wait for requests on those threads; one stays for Check.
         infra_streams=max(1, settings.health_workers - 1),
+        # A third of them per connection: one client's streams leave room for another's grpcurl.
+        infra_streams_per_connection=max(1, (settings.health_workers - 1) // 3),
+        infra_idle_timeout=settings.reflection_idle_timeout,
     )
     server = grpc.server(
         business,

@@ -228,6 +228,12 @@ class SendStalled(Cancelled):
     reason = "SEND_STALLED"
 
 
+class StreamIdle(Cancelled):
+    """A reflection stream that sent no request for the idle timeout: the server ended it."""
+
+    reason = "STREAM_IDLE"
+
+
 class DeadlineExceeded(PkgloaderError):
     reason = "DEADLINE_EXCEEDED"
 

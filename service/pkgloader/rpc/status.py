@@ -50,6 +50,7 @@ CODES: dict[type[errors.PkgloaderError], grpc.StatusCode] = {
     errors.CacheFileChanged: grpc.StatusCode.ABORTED,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.SendStalled: grpc.StatusCode.CANCELLED,
+    errors.StreamIdle: grpc.StatusCode.CANCELLED,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.PackageTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
