@@ -254,6 +254,12 @@ class TooManyStreams(ResourceExhausted):
     reason = "TOO_MANY_STREAMS"
 
 
+class ResponseTooLarge(ResourceExhausted):
+    """A response (a unary one, or a stream's first item) larger than every client may take."""
+
+    reason = "RESPONSE_TOO_LARGE"
+
+
 class ResolveError(PkgloaderError):
     reason = "RESOLVE_FAILED"
 

@@ -28,7 +28,7 @@ from pkgloader_client import SERVICE_NAME
 from pkgloader import logs
 from pkgloader.errors import (
     PkgloaderError,
-    ResourceExhausted,
+    ResponseTooLarge,
     SendStalled,
     StreamIdle,
     TooManyStreams,
@@ -45,8 +45,11 @@ log = logging.getLogger("pkgloader.access")
 _PROCESS_ID = uuid.uuid4().hex[:12]
 _SEQUENCE = itertools.count(1)
 
-#: The server's grpc.max_send_message_length (app.SERVER_OPTIONS; a test keeps the two equal).
-MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+#: The largest response message the server sends, and its grpc.max_send_message_length
+#: (app.SERVER_OPTIONS takes it from here): 4 MiB, what Go, Java, Node and Python clients accept
+#: by default (issue 10 item 8). Unary responses and a stream's first message are checked
+#: against it (`ResponseTooLarge`); later stream messages are chunks of at most 1 MiB.
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 
 #: Called once per finished RPC with its record (code and seconds set).
 Observer = Callable[[CallRecord], None]
@@ -155,7 +158,7 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                     self._authorize(method, call, None if streamed_request else request)
                     # Serialized here, not by grpc after we return: a response that cannot be
                     # serialized, or is over the send limit, then fails where it is logged.
-                    return _serialized(run(inner_u, request, context), serialize)
+                    return _serialized(run(inner_u, request, context), serialize, method)
                 except Exception as exc:
                     code = self._fail(exc, context, method, call)
                     raise
@@ -193,11 +196,17 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                     watchdog = self._watchdog
                     if watchdog is not None:
                         watched = watchdog.watch(context)
+                    first = True
                     while True:
                         try:
                             item = run(next, items)
                         except StopIteration:
                             break
+                        if first:
+                            # The metadata of a Load or LoadTree comes first, in one message:
+                            # refused here, where it is logged, not by grpc after we yield.
+                            first = False
+                            _check_first(item, method)
                         if watched is not None:
                             # Suspended here, grpc is sending `item` from this thread.
                             watched.since = time.monotonic()
@@ -506,12 +515,24 @@ def _awaited(requests: Iterator[Any], watched: _Watched) -> Iterator[Any]:
         yield item
 
 
-def _serialized(response: Any, serialize: Callable[[Any], bytes] | None) -> bytes:
+def _too_large(what: str, size: int) -> ResponseTooLarge:
+    return ResponseTooLarge(
+        f"{what} would be {size} bytes, larger than {MAX_RESPONSE_BYTES} bytes (4 MiB), the most "
+        "a gRPC client accepts by default; it was not sent",
+        limit=str(MAX_RESPONSE_BYTES),
+        size=str(size),
+    )
+
+
+def _serialized(response: Any, serialize: Callable[[Any], bytes] | None, method: str) -> bytes:
     data = response if serialize is None else serialize(response)
     if len(data) > MAX_RESPONSE_BYTES:
-        raise ResourceExhausted(
-            f"the response ({len(data)} bytes) is larger than the server's send limit "
-            f"({MAX_RESPONSE_BYTES} bytes)",
-            limit=str(MAX_RESPONSE_BYTES),
-        )
+        raise _too_large(f"the {method.rsplit('/', 1)[-1]} response", len(data))
     return bytes(data)
+
+
+def _check_first(item: Any, method: str) -> None:
+    """A stream's first message (a Load's or LoadTree's package metadata) within the limit."""
+    size = item.ByteSize() if hasattr(item, "ByteSize") else len(item)
+    if size > MAX_RESPONSE_BYTES:
+        raise _too_large(f"the first message of the {method.rsplit('/', 1)[-1]} stream", size)

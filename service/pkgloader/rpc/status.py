@@ -56,6 +56,7 @@ CODES: dict[type[errors.PkgloaderError], grpc.StatusCode] = {
     errors.PackageTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.CacheFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.TooManyStreams: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.ResponseTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.ResolveError: grpc.StatusCode.INTERNAL,
     errors.InvalidSpecifier: grpc.StatusCode.INVALID_ARGUMENT,
     errors.PackageNotFound: grpc.StatusCode.NOT_FOUND,
