@@ -11,6 +11,7 @@ import grpc
 import pytest
 from pkgloader.formats import writer as w
 from pkgloader.rpc.interceptors import MAX_RESPONSE_BYTES
+from pkgloader_client import pb
 
 from tests.conftest import Running, load_request
 from tests.reliability.conftest import error_info
@@ -71,3 +72,41 @@ def test_a_load_over_4_mib_is_resource_exhausted_and_counted_failed(
     assert "the first message of the Load stream would be" in err.details()
     assert failed(server, "Load", "RESOURCE_EXHAUSTED") == 1
     assert failed(server, "Load", "OK") == failed(server, "Load", "CANCELLED") == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "what"),
+    [("Resolve", "the Resolve response"), ("LoadTree", "the first message of the LoadTree stream")],
+)
+def test_resolve_and_a_tree_over_4_mib_are_resource_exhausted(
+    make_server: Callable[..., Running], tmp_path: Path, method: str, what: str
+) -> None:
+    """Resolve (unary) and LoadTree (its first message) of the same 100,000-command package by
+    its URL: RESOURCE_EXHAUSTED RESPONSE_TOO_LARGE naming which response, counted as failed.
+    (Before: Resolve sent ~6 MB that default clients cannot take, and logged OK.)"""
+    server = make_server()
+    url, _ = many_commands(tmp_path / "files")
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]  # the server must refuse
+    with grpc.insecure_channel(server.address, options=options) as channel:
+
+        def call() -> object:
+            if method == "Resolve":
+                return channel.unary_unary(
+                    "/pkgloader.v1.PackageLoaderService/Resolve",
+                    request_serializer=lambda m: m.SerializeToString(),
+                )(pb.ResolveRequest(specifier=url), timeout=120)
+            return list(
+                channel.unary_stream(
+                    "/pkgloader.v1.PackageLoaderService/LoadTree",
+                    request_serializer=lambda m: m.SerializeToString(),
+                )(pb.LoadTreeRequest(specifier=url), timeout=120)
+            )
+
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+    err = caught.value
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info(err).reason == "RESPONSE_TOO_LARGE"
+    assert err.details().startswith(what + " would be ")
+    assert failed(server, method, "RESOURCE_EXHAUSTED") == 1
+    assert failed(server, method, "OK") == 0
