@@ -612,12 +612,12 @@ def _summary(url: str, sha: str) -> pb.PackageSummary:
     return pb.PackageSummary(dist=pb.DistributionInfo(webc_url=url, webc_sha256=sha))
 
 
-class _CountingCommands(tuple):  # type: ignore[type-arg]
+class _CountingCommands(tuple):
     """A manifest's command tuple that counts how often it is walked."""
 
     walks = 0
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         type(self).walks += 1
         return super().__iter__()
 

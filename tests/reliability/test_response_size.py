@@ -60,6 +60,7 @@ def test_a_load_over_4_mib_is_resource_exhausted_and_counted_failed(
         load = channel.unary_stream(
             "/pkgloader.v1.PackageLoaderService/Load",
             request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=bytes,
         )
         with pytest.raises(grpc.RpcError) as caught:
             list(load(load_request(url, sha, include_content=include_content), timeout=120))
@@ -94,11 +95,13 @@ def test_resolve_and_a_tree_over_4_mib_are_resource_exhausted(
                 return channel.unary_unary(
                     "/pkgloader.v1.PackageLoaderService/Resolve",
                     request_serializer=lambda m: m.SerializeToString(),
+                    response_deserializer=bytes,
                 )(pb.ResolveRequest(specifier=url), timeout=120)
             return list(
                 channel.unary_stream(
                     "/pkgloader.v1.PackageLoaderService/LoadTree",
                     request_serializer=lambda m: m.SerializeToString(),
+                    response_deserializer=bytes,
                 )(pb.LoadTreeRequest(specifier=url), timeout=120)
             )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from pkgloader.resolve._resolver import _resolve_package
 from pkgloader.resolve._types import Dist, FileSystemMapping, Node, PackageId, PackageInfo
 
@@ -13,7 +15,7 @@ class CountingEdges(list[tuple[int, int, str]]):
 
     walks = 0
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[tuple[int, int, str]]:
         CountingEdges.walks += 1
         return super().__iter__()
 

@@ -194,8 +194,8 @@ def _resolve_package(
     # Indexed once: a scan of the edges per `from` mapping is quadratic in a manifest's size
     # (100,000 aliases and mappings). The first edge of an alias wins, as a scan found it.
     targets: dict[tuple[int, str], int] = {}
-    for source, target, alias in edges:
-        targets.setdefault((source, alias), target)
+    for source, to, alias in edges:
+        targets.setdefault((source, alias), to)
     for at in order:
         node = nodes[at]
         info = node.info
