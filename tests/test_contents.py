@@ -193,6 +193,49 @@ def test_v3_listing_carries_recorded_hashes_and_modified_times(server: Running) 
     assert config.modified.seconds == info.modified.seconds == 1725977743
 
 
+def test_a_v3_time_of_zero_is_no_time(server: Running, tmp_path: Path) -> None:
+    """A v3 entry whose modified time is 0 (none recorded) has `modified` unset in ReadFile and
+    ListDirectory, not 1970-01-01; a recorded time beside it still comes through."""
+    files = tmp_path / "files"
+    files.mkdir(exist_ok=True)
+    tree = {"stamped.txt": b"a\n", "plain.txt": b"b\n", "dir": {"x.txt": b"c\n"}}
+    data = w.write_indexed(
+        _signed({}), {}, {"/data": tree}, v3=True, modified={"/data": {"/stamped.txt": 1700000000}}
+    )
+    pkg = _write(files, "zero-times.webc", data)
+    server.load(pkg.url, pkg.sha256)
+    listing = list_dir(server, pkg.sha256, "/data", "/", recursive=True)
+    stamps = {
+        e.path: e.modified.seconds if e.HasField("modified") else None for e in listing.entries
+    }
+    assert stamps == {
+        "/stamped.txt": 1700000000,
+        "/plain.txt": None,
+        "/dir": None,
+        "/dir/x.txt": None,
+    }
+    plain, _ = read_file(server, pkg.sha256, "/data", "/plain.txt")
+    assert not plain.HasField("modified")
+    stamped, _ = read_file(server, pkg.sha256, "/data", "/stamped.txt")
+    assert stamped.modified.seconds == 1700000000
+
+
+def test_atom_not_found_lists_the_atoms_that_can_be_served(server: Running, tmp_path: Path) -> None:
+    """GetAtom serves an atom of the atoms section the manifest omits, so its NOT_FOUND message
+    lists that one too, not only the manifest's."""
+    files = tmp_path / "files"
+    files.mkdir(exist_ok=True)
+    manifest = _signed({"small": ATOMS["small"]})  # "extra" is in the section only
+    atoms = {"small": ATOMS["small"], "extra": b"\0asm\x01\0\0\0extra"}
+    pkg = _write(files, "extra-atom.webc", w.write_indexed(manifest, atoms, {}, v3=True))
+    server.load(pkg.url, pkg.sha256)
+    _, served = get_atom(server, pkg.sha256, "extra")
+    assert served == atoms["extra"]
+    err = expect_error(lambda: get_atom(server, pkg.sha256, "nope"), grpc.StatusCode.NOT_FOUND)
+    assert error_info(err).reason == "ATOM_NOT_FOUND"
+    assert "(atoms: extra, small)" in err.details()
+
+
 def test_a_flipped_byte_in_a_signed_atom_is_data_loss(server: Running, tmp_path: Path) -> None:
     """A copy of a real package with one byte of a signed atom flipped loads (under its own new
     sha256), but GetAtom refuses the atom with DATA_LOSS before sending anything of it."""

@@ -455,6 +455,36 @@ def test_a_resolution_naming_an_unknown_node_is_invalid_argument(
     assert server.app.loader.memory.get(STATIC.sha256) is None  # nothing was loaded
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("entrypoint", "nosuch", "entrypoint 'nosuch' is not one of its commands"),
+        ("mount_path", "../../x", "mount path '../../x'"),
+        ("mount_path", "/public/../../x", "mount path '/public/../../x'"),
+        ("mount_path", "public", "mount path 'public'"),
+        ("mount_path", "/a\x00b", "mount path '/a\\x00b'"),
+    ],
+)
+def test_a_made_up_entrypoint_or_mount_path_is_invalid_argument(
+    server: Running, files: Path, field: str, value: str, words: str
+) -> None:
+    """A caller's entrypoint must be one of its commands and its mount paths plain absolute
+    paths; otherwise INVALID_ARGUMENT naming the value, before anything loads."""
+    tree = static_tree(files)
+    res = pb.Resolution()
+    res.CopyFrom(tree.resolution)
+    if field == "entrypoint":
+        res.entrypoint = value
+    else:
+        res.mounts[0].mount_path = value
+    err = expect_error(
+        lambda: load_tree(server, tree_request(res)), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert error_info(err).reason == "INVALID_ARGUMENT"
+    assert words in err.details()
+    assert server.app.loader.memory.get(STATIC.sha256) is None  # nothing was loaded
+
+
 def test_an_atom_that_does_not_match_its_signature_is_data_loss(
     server: Running, files: Path
 ) -> None:

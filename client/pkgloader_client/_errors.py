@@ -18,10 +18,11 @@
     │   ├── VolumeNotFound             VOLUME_NOT_FOUND
     │   └── PathNotFound               PATH_NOT_FOUND
     ├── InvalidPackage                 INVALID_PACKAGE: the bytes are not a package that parses
-    ├── ResourceExhausted              RESOURCE_EXHAUSTED, TOO_MANY_STREAMS
+    ├── ResourceExhausted              RESOURCE_EXHAUSTED, TOO_MANY_STREAMS, RESPONSE_TOO_LARGE
     │   ├── PackageTooLarge            PACKAGE_TOO_LARGE
     │   └── CacheFull                  CACHE_FULL
-    ├── Cancelled                      the call was cancelled (SEND_STALLED: by the server)
+    ├── Cancelled                      the call was cancelled (SEND_STALLED, STREAM_IDLE: by
+    │                                  the server)
     ├── DeadlineExceeded               the call's deadline passed
     ├── ServiceUnavailable             the server cannot be reached (UNAVAILABLE, no ErrorInfo),
     │                                  or CACHE_BUSY: another replica is still downloading it,
@@ -337,6 +338,8 @@ REASONS: dict[str, type[PkgloaderError]] = {
     "PUBLISH_REFUSED": InternalError,
     "TOO_MANY_STREAMS": ResourceExhausted,
     "SEND_STALLED": Cancelled,
+    "STREAM_IDLE": Cancelled,
+    "RESPONSE_TOO_LARGE": ResourceExhausted,
     # A cache file truncated under a Load (ABORTED): a new call reads it afresh.
     "CACHE_FILE_CHANGED": ServiceUnavailable,
     "INTERNAL": InternalError,

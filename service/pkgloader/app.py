@@ -42,7 +42,7 @@ from pkgloader.resolve import (
 )
 from pkgloader.rpc import wire
 from pkgloader.rpc.auth import TokenAuth
-from pkgloader.rpc.interceptors import CallInterceptor, CallLimits
+from pkgloader.rpc.interceptors import MAX_RESPONSE_BYTES, CallInterceptor, CallLimits
 from pkgloader.rpc.reflection import CommentedReflection, commented_files
 from pkgloader.rpc.servicer import PackageLoaderServicer
 from pkgloader.settings import Settings
@@ -58,7 +58,7 @@ USER_AGENT = f"pkgloader/{__version__}"
 # (the largest is a Retain with many hashes), responses carry chunks of up to 1 MiB.
 SERVER_OPTIONS = [
     ("grpc.so_reuseport", 0),
-    ("grpc.max_send_message_length", 8 * 1024 * 1024),
+    ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
     # grpc core's "overload protection" (on by default) refuses a new stream (RST_STREAM
     # REFUSED_STREAM) while the connection has more streams *allocated* than
     # grpc.max_concurrent_streams, and a stream stays allocated until Python drops its call
@@ -297,6 +297,9 @@ def create_server(
         infra_pool=infra,
         # Reflection streams may wait for requests on those threads; one stays for Check.
         infra_streams=max(1, settings.health_workers - 1),
+        # A third of them per connection: one client's streams leave room for another's grpcurl.
+        infra_streams_per_connection=max(1, (settings.health_workers - 1) // 3),
+        infra_idle_timeout=settings.reflection_idle_timeout,
     )
     server = grpc.server(
         business,

@@ -266,7 +266,9 @@ class PackageContents:
         _name(name, "atom_name")
         declared = next((a for a in self._container.manifest.atoms if a.name == name), None)
         if self._container.get_atom(name) is None:
-            names = ", ".join(sorted(a.name for a in self._container.manifest.atoms)[:20])
+            # What can be served: the atoms section, which may hold atoms the manifest omits.
+            served = sorted(self._container.atoms())
+            names = ", ".join(served[:20]) + (f" and {len(served) - 20} more" * (len(served) > 20))
             raise AtomNotFound(
                 f"package {self._label} has no atom {name!r} (atoms: {names or 'none'})",
                 atom=name,

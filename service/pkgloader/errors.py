@@ -228,6 +228,12 @@ class SendStalled(Cancelled):
     reason = "SEND_STALLED"
 
 
+class StreamIdle(Cancelled):
+    """A reflection stream that sent no request for the idle timeout: the server ended it."""
+
+    reason = "STREAM_IDLE"
+
+
 class DeadlineExceeded(PkgloaderError):
     reason = "DEADLINE_EXCEEDED"
 
@@ -246,6 +252,12 @@ class CacheFull(ResourceExhausted):
 
 class TooManyStreams(ResourceExhausted):
     reason = "TOO_MANY_STREAMS"
+
+
+class ResponseTooLarge(ResourceExhausted):
+    """A response (a unary one, or a stream's first item) larger than every client may take."""
+
+    reason = "RESPONSE_TOO_LARGE"
 
 
 class ResolveError(PkgloaderError):

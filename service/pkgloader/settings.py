@@ -208,6 +208,12 @@ class Settings:
         _parse_positive_int,
         "threads of their own for health checks and server reflection, which no business call uses",
     )
+    reflection_idle_timeout: float = _setting(
+        10.0,
+        parse_seconds,
+        "seconds a server reflection stream may wait for its next request before the server ends "
+        "it (STREAM_IDLE): an idle client does not keep the reflection capacity",
+    )
     max_queued_downloads: int = _setting(
         128,
         _parse_positive_int,

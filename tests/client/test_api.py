@@ -59,6 +59,8 @@ EXPECTED = {
     "PUBLISH_REFUSED": pkgloader_client.InternalError,
     "TOO_MANY_STREAMS": pkgloader_client.ResourceExhausted,
     "SEND_STALLED": pkgloader_client.Cancelled,
+    "STREAM_IDLE": pkgloader_client.Cancelled,
+    "RESPONSE_TOO_LARGE": pkgloader_client.ResourceExhausted,
     "RESOLVE_FAILED": pkgloader_client.ResolveError,
     "INVALID_SPECIFIER": pkgloader_client.InvalidSpecifier,
     "PACKAGE_NOT_FOUND": pkgloader_client.UnknownPackage,

@@ -168,8 +168,8 @@ def test_v3_kitchen_sink_vector() -> None:
     with open_package(raw) as c:
         volume = c.volumes()["volume"]
         assert volume.read_dir("/") == [
-            DirEntry("a", True, 0, a_hash, 0),
-            DirEntry("file3.txt", False, 2, sha(b"\xdd" * 2), 0),
+            DirEntry("a", True, 0, a_hash, None),  # 0 stored: no time recorded
+            DirEntry("file3.txt", False, 2, sha(b"\xdd" * 2), None),
         ]
         assert files_of(c, "volume") == flatten(tree)
         assert c.validate() == []

@@ -266,7 +266,7 @@ def test_webserver_v3() -> None:
         assert settings.read_dir("/") == [
             DirEntry("config.toml", False, 3139, bytes.fromhex(config_hash), 1725977743)
         ]
-        assert settings.metadata("/") == Metadata(True, 0, 0)
+        assert settings.metadata("/") == Metadata(True, 0, None)  # its stored time is 0: none
         assert settings.metadata("/config.toml") == Metadata(False, 3139, 1725977743)
         content = settings.read_file("/config.toml")
         assert content is not None

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import h2.config
@@ -276,7 +277,8 @@ def test_health_watchers_and_reflection_streams_leave_room_for_check(
     make_server: Callable[..., Running],
 ) -> None:
     """More health Watch streams than workers hold no thread; reflection streams are bounded
-    below the health threads (beyond: TOO_MANY_STREAMS), so Check always has one."""
+    below the health threads (beyond: TOO_MANY_STREAMS), so Check always has one. (Each held
+    stream on a connection of its own: one connection may hold only a share.)"""
     server = make_server(workers=4, health_workers=3)
     watch = server.channel.unary_stream(
         "/grpc.health.v1.Health/Watch",
@@ -286,11 +288,19 @@ def test_health_watchers_and_reflection_streams_leave_room_for_check(
     watchers = [watch(health_pb2.HealthCheckRequest(), timeout=60) for _ in range(8)]
     for watcher in watchers:
         assert next(iter(watcher)).status == health_pb2.HealthCheckResponse.SERVING
-    reflect = server.channel.stream_stream(
-        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-    )
+    opened = [
+        grpc.insecure_channel(server.address, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(3)
+    ]
+    connections = list(opened)
+
+    def reflect(requests: Iterator[object], timeout: float) -> Any:
+        return connections.pop().stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )(requests, timeout=timeout)
+
     held: list[tuple[queue.Queue[object], Iterator[reflection_pb2.ServerReflectionResponse]]] = []
     try:
         for _ in range(2):  # health_workers - 1
@@ -322,3 +332,5 @@ def test_health_watchers_and_reflection_streams_leave_room_for_check(
             requests.put(None)
         for watcher in watchers:
             watcher.cancel()
+        for channel in opened:
+            channel.close()

@@ -36,7 +36,9 @@ def parse_volume_header(
         cursor.take(length, f"entries of {path!r}")  # only a bounds check
         if v3:
             body.u64("accessed")
-            node.modified = body.u64("modified")
+            # 0 is what writers put where they record no time (the issue: a time only "where
+            # the format stores one"); 1970-01-01 would be a made-up time.
+            node.modified = body.u64("modified") or None
             body.u64("created")
             node.hash = bytes(body.take(32, f"hash of {path!r}"))
         while body.remaining:
@@ -60,7 +62,7 @@ def parse_volume_header(
                 modified = None
                 if v3:
                     child_cursor.u64("accessed")
-                    modified = child_cursor.u64("modified")
+                    modified = child_cursor.u64("modified") or None  # 0: none recorded
                     child_cursor.u64("created")
                 node.children[name] = FileNode(
                     data, start, end, hash=file_hash, modified=modified, entry_hash=entry_hash

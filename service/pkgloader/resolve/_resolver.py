@@ -191,6 +191,11 @@ def _resolve_package(
     entrypoint = root.info.entrypoint
     commands: dict[str, ResolvedCommand] = {}
     mounts: list[Mount] = []
+    # Indexed once: a scan of the edges per `from` mapping is quadratic in a manifest's size
+    # (100,000 aliases and mappings). The first edge of an alias wins, as a scan found it.
+    targets: dict[tuple[int, str], int] = {}
+    for source, to, alias in edges:
+        targets.setdefault((source, alias), to)
     for at in order:
         node = nodes[at]
         info = node.info
@@ -203,10 +208,7 @@ def _resolve_package(
         for mapping in info.filesystem:
             package = node.id
             if mapping.dependency_name is not None:
-                target = next(
-                    (t for s, t, alias in edges if s == at and alias == mapping.dependency_name),
-                    None,
-                )
+                target = targets.get((at, mapping.dependency_name))
                 if target is None:
                     raise InvalidPackage(
                         f'the "{node.id}" package mounts the "{mapping.volume_name}" volume from '

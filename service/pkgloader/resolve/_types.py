@@ -236,6 +236,32 @@ class Resolution:
                     package=str(package),
                 )
 
+    def validate_sent(self) -> None:
+        """`validate`, and what a caller could make up that a resolver never computes: an
+        entrypoint that is none of its commands, a mount path that is not a plain absolute path
+        (`..`, `.`, a NUL or a backslash would put a volume outside the tree, or nowhere)."""
+        self.validate()
+        names = {c.name for c in self.commands}
+        if self.entrypoint is not None and self.entrypoint not in names:
+            raise InvalidRequest(
+                f"resolution entrypoint {self.entrypoint!r} is not one of its commands"
+                + (f" ({', '.join(sorted(names)[:10])})" if names else " (it has none)")
+            )
+        for mount in self.mounts:
+            path = mount.mount_path
+            segments = path.split("/")[1:]
+            if (
+                not path.startswith("/")
+                or "\x00" in path
+                or "\\" in path
+                or any(s in (".", "..") for s in segments)
+            ):
+                raise InvalidRequest(
+                    f"resolution mount path {path!r} (volume {mount.volume!r} of {mount.package}) "
+                    "is not an absolute path without '.', '..', NUL or backslash",
+                    package=str(mount.package),
+                )
+
 
 @dataclass(frozen=True)
 class Resolved:

@@ -27,7 +27,13 @@ from opentelemetry import trace
 from pkgloader_client import SERVICE_NAME
 
 from pkgloader import logs
-from pkgloader.errors import PkgloaderError, ResourceExhausted, SendStalled, TooManyStreams
+from pkgloader.errors import (
+    PkgloaderError,
+    ResponseTooLarge,
+    SendStalled,
+    StreamIdle,
+    TooManyStreams,
+)
 from pkgloader.rpc import calls
 from pkgloader.rpc.auth import TokenAuth
 from pkgloader.rpc.calls import CallRecord
@@ -40,8 +46,11 @@ log = logging.getLogger("pkgloader.access")
 _PROCESS_ID = uuid.uuid4().hex[:12]
 _SEQUENCE = itertools.count(1)
 
-#: The server's grpc.max_send_message_length (app.SERVER_OPTIONS; a test keeps the two equal).
-MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+#: The largest response message the server sends, and its grpc.max_send_message_length
+#: (app.SERVER_OPTIONS takes it from here): 4 MiB, what Go, Java, Node and Python clients accept
+#: by default (issue 10 item 8). Unary responses and a stream's first message are checked
+#: against it (`ResponseTooLarge`); later stream messages are chunks of at most 1 MiB.
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 
 #: Called once per finished RPC with its record (code and seconds set).
 Observer = Callable[[CallRecord], None]
@@ -69,6 +78,11 @@ class CallLimits:
     infra_pool: futures.ThreadPoolExecutor
     #: long-lived streams (reflection) on those threads at once: the rest stay for health Check
     infra_streams: int
+    #: of those, what one connection may hold: one client cannot take them all
+    infra_streams_per_connection: int = 1
+    #: seconds such a stream may wait for its next request before the server ends it (grpcurl
+    #: sends its requests at once; a client holding a stream open idle frees its place)
+    infra_idle_timeout: float = 10.0
 
 
 class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
@@ -89,7 +103,15 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         )
         self._infra_limit = limits.infra_streams if limits else 0
         self._infra_streams = threading.BoundedSemaphore(self._infra_limit) if limits else None
+        self._infra_connections = (
+            _PerConnection(limits.infra_streams_per_connection, _reflection_per_connection)
+            if limits
+            else None
+        )
         self._watchdog = SendWatchdog(limits.send_timeout) if limits else None
+        self._idle_watchdog = (
+            SendWatchdog(limits.infra_idle_timeout, _idle_stream) if limits else None
+        )
         # Wrapped handlers by method: grpc asks on every call, and building the wrappers anew
         # each time showed up in the warm-Load profile. Handlers are fixed once the server runs.
         self._wrapped: dict[str, Any] = {}
@@ -142,7 +164,7 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                     self._authorize(method, call, None if streamed_request else request)
                     # Serialized here, not by grpc after we return: a response that cannot be
                     # serialized, or is over the send limit, then fails where it is logged.
-                    return _serialized(run(inner_u, request, context), serialize)
+                    return _serialized(run(inner_u, request, context), serialize, method)
                 except Exception as exc:
                     code = self._fail(exc, context, method, call)
                     raise
@@ -165,21 +187,32 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 started, code = time.perf_counter(), "OK"
                 release: Callable[[], None] | None = None
                 watched: _Watched | None = None
+                idle: _Watched | None = None
                 items: Iterator[Any] | None = None
                 try:
                     self._authorize(method, call, None if bidi else request)
                     release = self._admit(method, request, context)
+                    if bidi and self._idle_watchdog is not None and method.startswith(_INFRA):
+                        # Reflection: a stream whose client sends nothing is ended, not kept.
+                        idle = self._idle_watchdog.watch(context)
+                        request = _awaited(request, idle)
                     # Each step of the servicer's generator runs in the call's context, on
                     # whichever worker thread grpc resumes us: `calls.current()` is this call.
                     items = run(inner_s, request, context)
                     watchdog = self._watchdog
                     if watchdog is not None:
                         watched = watchdog.watch(context)
+                    first = True
                     while True:
                         try:
                             item = run(next, items)
                         except StopIteration:
                             break
+                        if first:
+                            # The metadata of a Load or LoadTree comes first, in one message:
+                            # refused here, where it is logged, not by grpc after we yield.
+                            first = False
+                            _check_first(item, method)
                         if watched is not None:
                             # Suspended here, grpc is sending `item` from this thread.
                             watched.since = time.monotonic()
@@ -196,15 +229,21 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                         run(close)
                     raise
                 except Exception as exc:
+                    if idle is not None and idle.stalled is not None:
+                        # The request iterator fails once the idle watchdog cancelled the call:
+                        # the end this server chose, logged as such below, not an INTERNAL.
+                        return
                     code = self._fail(exc, context, method, call)
                     raise
                 finally:
-                    if watched is not None and self._watchdog is not None:
-                        self._watchdog.forget(watched)
-                        if watched.stalled is not None:
+                    for dog, entry in ((self._watchdog, watched), (self._idle_watchdog, idle)):
+                        if entry is None or dog is None:
+                            continue
+                        dog.forget(entry)
+                        if entry.stalled is not None:
                             code = "CANCELLED"
-                            call.error = watched.stalled.message
-                            call.reason = watched.stalled.reason
+                            call.error = entry.stalled.message
+                            call.reason = entry.stalled.reason
                     if release is not None:
                         release()
                     if code == "OK" and not context.is_active():
@@ -255,13 +294,24 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         if self._connections is None or self._infra_streams is None:
             return None
         if method.startswith(_INFRA):
+            assert self._infra_connections is not None
+            # This connection's share first: one client holding streams idle cannot take the
+            # places another connection's grpcurl needs (and idle ones end, `_awaited`).
+            leave = self._infra_connections.enter(context.peer())
             if not self._infra_streams.acquire(blocking=False):
+                leave()
                 raise TooManyStreams(
                     f"{self._infra_limit} reflection streams are open, the most this server "
                     "allows at once; try again when one is closed",
                     limit=str(self._infra_limit),
                 )
-            return self._infra_streams.release
+            infra = self._infra_streams
+
+            def release() -> None:
+                infra.release()
+                leave()
+
+            return release
         is_content = _CONTENT_STREAMS.get(method)
         if is_content is None or not is_content(request):
             return None
@@ -325,23 +375,38 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             observe(call)
 
 
-class _PerConnection:
-    """Content streams running per HTTP/2 connection, each named by its `context.peer()`."""
+def _content_per_connection(limit: int) -> TooManyStreams:
+    return TooManyStreams(
+        f"this connection already has {limit} content streams (content Loads "
+        "and Scans) running, the most the server allows per connection; read one "
+        "to its end first, or open another connection",
+        limit=str(limit),
+    )
 
-    def __init__(self, limit: int) -> None:
+
+def _reflection_per_connection(limit: int) -> TooManyStreams:
+    return TooManyStreams(
+        f"this connection already has {limit} reflection streams open, the most the server "
+        "allows per connection; close one first",
+        limit=str(limit),
+    )
+
+
+class _PerConnection:
+    """Streams of one kind running per HTTP/2 connection, each named by its `context.peer()`."""
+
+    def __init__(
+        self, limit: int, refuse: Callable[[int], TooManyStreams] = _content_per_connection
+    ) -> None:
         self.limit = limit
+        self._refuse = refuse
         self._lock = threading.Lock()
         self._running: Counter[str] = Counter()
 
     def enter(self, peer: str) -> Callable[[], None]:
         with self._lock:
             if self._running[peer] >= self.limit:
-                raise TooManyStreams(
-                    f"this connection already has {self.limit} content streams (content Loads "
-                    "and Scans) running, the most the server allows per connection; read one "
-                    "to its end first, or open another connection",
-                    limit=str(self.limit),
-                )
+                raise self._refuse(self.limit)
             self._running[peer] += 1
 
         def leave() -> None:
@@ -363,7 +428,7 @@ class _Watched:
         #: time.monotonic() when the call handed grpc a message to send; None while it runs
         self.since: float | None = None
         #: set when the watchdog cancelled the call
-        self.stalled: SendStalled | None = None
+        self.stalled: PkgloaderError | None = None
 
 
 class SendWatchdog:
@@ -382,8 +447,12 @@ class SendWatchdog:
     #: Ticks without a stream after which the thread ends (a new stream starts another).
     IDLE_TICKS = 30
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(
+        self, timeout: float, stalled: Callable[[float], PkgloaderError] | None = None
+    ) -> None:
         self.timeout = timeout
+        #: the error a cancelled call is logged with (default: a send that waited too long)
+        self._stalled = stalled or _send_stalled
         self._tick = min(1.0, timeout / 4)
         self._lock = threading.Lock()
         self._watched: dict[int, _Watched] = {}
@@ -421,10 +490,7 @@ class SendWatchdog:
                     if e.stalled is None and e.since is not None and now - e.since > self.timeout
                 ]
             for entry in late:
-                entry.stalled = SendStalled(
-                    f"a response message waited more than {self.timeout:g} s to be sent (the "
-                    "client stopped reading); the server cancelled the call"
-                )
+                entry.stalled = self._stalled(self.timeout)
                 entry.context.cancel()  # type: ignore[no-untyped-call]
 
 
@@ -464,12 +530,53 @@ def _note_trace(call: CallRecord) -> None:
         span.set_status(trace.StatusCode.ERROR, call.code)
 
 
-def _serialized(response: Any, serialize: Callable[[Any], bytes] | None) -> bytes:
+def _send_stalled(timeout: float) -> PkgloaderError:
+    return SendStalled(
+        f"a response message waited more than {timeout:g} s to be sent (the "
+        "client stopped reading); the server cancelled the call"
+    )
+
+
+def _idle_stream(timeout: float) -> PkgloaderError:
+    return StreamIdle(
+        f"the stream sent no request for {timeout:g} s; the server ended it to free its place "
+        "(reflection streams are few)"
+    )
+
+
+def _awaited(requests: Iterator[Any], watched: _Watched) -> Iterator[Any]:
+    """`requests`, with `watched.since` set while the next one is awaited: the watchdog ends a
+    stream whose client sends nothing for its timeout."""
+    iterator = iter(requests)
+    while True:
+        watched.since = time.monotonic()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            watched.since = None
+        yield item
+
+
+def _too_large(what: str, size: int) -> ResponseTooLarge:
+    return ResponseTooLarge(
+        f"{what} would be {size} bytes, larger than {MAX_RESPONSE_BYTES} bytes (4 MiB), the most "
+        "a gRPC client accepts by default; it was not sent",
+        limit=str(MAX_RESPONSE_BYTES),
+        size=str(size),
+    )
+
+
+def _serialized(response: Any, serialize: Callable[[Any], bytes] | None, method: str) -> bytes:
     data = response if serialize is None else serialize(response)
     if len(data) > MAX_RESPONSE_BYTES:
-        raise ResourceExhausted(
-            f"the response ({len(data)} bytes) is larger than the server's send limit "
-            f"({MAX_RESPONSE_BYTES} bytes)",
-            limit=str(MAX_RESPONSE_BYTES),
-        )
+        raise _too_large(f"the {method.rsplit('/', 1)[-1]} response", len(data))
     return bytes(data)
+
+
+def _check_first(item: Any, method: str) -> None:
+    """A stream's first message (a Load's or LoadTree's package metadata) within the limit."""
+    size = item.ByteSize() if hasattr(item, "ByteSize") else len(item)
+    if size > MAX_RESPONSE_BYTES:
+        raise _too_large(f"the first message of the {method.rsplit('/', 1)[-1]} stream", size)

@@ -422,7 +422,8 @@ def resolution_to_proto(resolution: Resolution) -> pb.Resolution:
 
 def resolution_from_proto(message: pb.Resolution) -> Resolution:
     """A caller's resolution (LoadTree's `resolution`), checked: an edge, command or mount that
-    names no node is INVALID_ARGUMENT."""
+    names no node, an entrypoint that is no command, a mount path out of the tree are
+    INVALID_ARGUMENT."""
     nodes = []
     for node in message.nodes:
         dist = node.dist
@@ -453,7 +454,7 @@ def resolution_from_proto(message: pb.Resolution) -> Resolution:
             for m in message.mounts
         ),
     )
-    resolution.validate()
+    resolution.validate_sent()
     return resolution
 
 
