@@ -279,18 +279,24 @@ def test_a_file_truncated_before_the_parse_is_a_format_error(tmp_path: Path) -> 
 @pytest.mark.parametrize("path", [COWSAY, DASH, HELLO, WEBSERVER], ids=lambda p: p.name[:12])
 def test_retained_bytes_matches_what_the_parse_allocates(path: Path) -> None:
     """Container.retained_bytes (what the memory tier charges besides the package bytes) is
-    within 0.8x-1.5x of what tracemalloc sees a parse keep allocated."""
+    within 0.8x-1.5x of what tracemalloc sees a parse keep allocated.
+
+    The parse is repeated and every container kept: objects taken from CPython's free lists
+    (dicts, tuples, floats) are invisible to tracemalloc, and how many a single parse finds there
+    depends on what ran before it in the process. A few KiB either way decided a one-parse
+    measurement of the small packages; over many parses the free lists run dry and the average
+    is what a parse really keeps."""
     data = path.read_bytes()
     open_package(data).close()  # first-use caches (imports, compiled patterns) out of the way
+    copies = 32
     gc.collect()
     tracemalloc.start()
     try:
-        container = open_package(data)
+        containers = [open_package(data) for _ in range(copies)]
         gc.collect()
         traced, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert 0.8 * traced <= container.retained_bytes <= 1.5 * traced, (
-        container.retained_bytes,
-        traced,
-    )
+    per_parse = traced / copies
+    retained = containers[0].retained_bytes
+    assert 0.8 * per_parse <= retained <= 1.5 * per_parse, (retained, per_parse)
