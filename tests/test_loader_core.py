@@ -5,6 +5,7 @@ that leave a download running for the next caller, and a cache file that does no
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import threading
 import time
@@ -15,8 +16,15 @@ from typing import Any
 import pytest
 from pkgloader import app as app_module
 from pkgloader.errors import Cancelled, DeadlineExceeded, HashMismatch, ResourceExhausted
+from pkgloader.formats import writer
 from pkgloader.hashes import WebcHash
-from pkgloader.loader import LoaderEvents, LoadRequest, LoadResult, PackageLoader
+from pkgloader.loader import (
+    BACKGROUND_PROMOTION,
+    LoaderEvents,
+    LoadRequest,
+    LoadResult,
+    PackageLoader,
+)
 from pkgloader.policy import HashPolicy, Source
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
@@ -189,3 +197,65 @@ def test_a_memory_hit_renews_the_disk_files_last_use(
     kept.touched = float("-inf")  # as if the last touch were long ago
     assert loader.load(request).source is Source.MEMORY
     assert time.time() - path.stat().st_mtime < 60
+
+
+def test_a_large_package_on_disk_is_served_from_its_file_and_promoted_behind_it(
+    make_loader: Callable[..., PackageLoader], tmp_path: Path
+) -> None:
+    """A package of BACKGROUND_PROMOTION bytes or more found only on disk is returned at once,
+    reading from its file (so the first Load after an Evict streams without waiting for a whole
+    copy), and promoted behind it: once that settles, the next Load is a memory hit, and the
+    first caller's package still reads the right bytes from its file."""
+    loader = make_loader(memory_cache_bytes=128 << 20)
+    assert loader.disk is not None
+    data = writer.write_v1({"package": {}}, {"big": os.urandom(BACKGROUND_PROMOTION)}, {})
+    sha = hashlib.sha256(data).hexdigest()
+    loader.disk.path(WebcHash(sha)).write_bytes(data)
+    request = LoadRequest((tmp_path / "files" / "absent.webc").as_uri(), sha)  # never fetched
+
+    first = loader.load(request)
+    assert first.source is Source.DISK
+    assert not first.package.in_memory
+    assert loader.settle(60)
+    second = loader.load(request)
+    assert second.source is Source.MEMORY
+    assert second.package.in_memory
+    assert second.package.container.manifest == first.package.container.manifest
+    assert b"".join(first.package.chunks()) == data
+    assert b"".join(second.package.chunks()) == data
+
+
+def test_a_small_package_on_disk_is_promoted_before_it_is_returned(
+    make_loader: Callable[..., PackageLoader], httpserver: HTTPServer
+) -> None:
+    """Below BACKGROUND_PROMOTION the copy costs less than a second file read would: the first
+    Load from disk already returns the package from memory, and nothing runs behind it."""
+    loader = make_loader()
+    assert loader.disk is not None
+    loader.disk.path(WebcHash(DASH.sha256)).write_bytes(DASH.data)
+    result = loader.load(LoadRequest(httpserver.url_for("/never-fetched"), DASH.sha256))
+    assert result.source is Source.DISK
+    assert result.package.in_memory
+    assert loader.settle(0)
+    assert loader.memory.get(DASH.sha256) is result.package
+
+
+def test_an_evict_during_a_promotion_behind_a_load_wins(
+    make_loader: Callable[..., PackageLoader], tmp_path: Path
+) -> None:
+    """An Evict from memory that comes while a large package is promoted behind its Load leaves
+    it out of memory: the promotion, finishing later, does not put it back (whichever ends first,
+    the package is not in memory once both are done)."""
+    loader = make_loader(memory_cache_bytes=128 << 20)
+    assert loader.disk is not None
+    data = writer.write_v1({"package": {}}, {"big": os.urandom(BACKGROUND_PROMOTION)}, {})
+    sha = hashlib.sha256(data).hexdigest()
+    loader.disk.path(WebcHash(sha)).write_bytes(data)
+    request = LoadRequest((tmp_path / "files" / "absent.webc").as_uri(), sha)
+    assert loader.load(request).source is Source.DISK
+    loader.memory.remove(sha)  # what Evict(MEMORY) does
+    assert loader.settle(60)
+    assert sha not in loader.memory
+    assert loader.load(request).source is Source.DISK  # and the next Load promotes it again
+    assert loader.settle(60)
+    assert sha in loader.memory

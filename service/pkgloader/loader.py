@@ -75,6 +75,9 @@ from pkgloader.policy import CallerRole, HashPolicy, Source
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
+#: Packages this large are promoted from disk to memory behind the Load that finds them (which
+#: streams from the file meanwhile); smaller ones are promoted first, a copy of a few ms.
+BACKGROUND_PROMOTION = 16 << 20
 
 
 # What a memoized value costs beyond its own bytes (the object, its slot in the memo).
@@ -221,6 +224,17 @@ class _Download:
     credentialed: bool = False  # see FetchReport: fetched with the server's token or file root
 
 
+@dataclass(eq=False)
+class _Promotion:
+    """One disk-to-memory promotion of a package, shared by the callers that meet it."""
+
+    future: concurrent.futures.Future[StoredPackage | None] = field(
+        default_factory=concurrent.futures.Future
+    )
+    #: Running behind a caller already served from the file: others read the file too.
+    behind: bool = False
+
+
 class _Flight:
     """One shared download in this process and the callers waiting for it."""
 
@@ -271,8 +285,12 @@ class PackageLoader:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_downloads, "download")
         self._max_flights = max_queued_downloads
         self._flights: dict[tuple[str, str], _Flight] = {}
-        self._promotions: dict[str, concurrent.futures.Future[StoredPackage | None]] = {}
+        self._promotions: dict[str, _Promotion] = {}
         self._lock = threading.Lock()
+        self._promoted = threading.Condition(self._lock)  # a promotion ended
+        # Promotions behind a served package: one thread, since each is a memory copy of a large
+        # package and a second would only compete for the cores the streams use.
+        self._promoter = concurrent.futures.ThreadPoolExecutor(1, "promote")
         # Notified whenever a download ends, for callers that wait for room in the queue.
         self._room = threading.Condition(self._lock)
         # Without a disk cache, downloads still stream to a file (never whole into memory),
@@ -376,59 +394,143 @@ class PackageLoader:
 
     def _from_disk(self, h: WebcHash) -> StoredPackage | None:
         """The package from the disk cache, promoted to memory when it fits; one promotion per
-        hash at a time, shared by every caller that arrives while it runs."""
+        hash at a time. A small package is promoted before it is returned, and callers that
+        arrive meanwhile share that promotion. A large one (`BACKGROUND_PROMOTION` bytes or
+        more) is returned reading from its file at once, and promoted behind it: copying it
+        whole before the first chunk left made the first Load after an Evict a third as fast as
+        a memory stream; meanwhile other callers read the file too, instead of waiting."""
         if self.disk is None:
             return None
         with self._lock:
             promotion = self._promotions.get(h.hex)
             owner = promotion is None
             if promotion is None:
-                promotion = self._promotions[h.hex] = concurrent.futures.Future()
+                promotion = self._promotions[h.hex] = _Promotion()
         if not owner:
             with traces.span(traces.DISK, {traces.SHA256: h.hex}):
-                return promotion.result()
+                if promotion.behind:
+                    return self._read_from_disk(h)
+                return promotion.future.result()
+        behind = False
         try:
             # A promotion that finished between our memory miss and here did the work already.
-            package = self.memory.get(h.hex) or self._promote(h)
+            package = self.memory.get(h.hex)
+            if package is None:
+                package, behind = self._promote(h)
         except BaseException as exc:
-            promotion.set_exception(exc)
+            promotion.future.set_exception(exc)
+            self._promotion_over(h)
             raise
-        else:
-            promotion.set_result(package)
+        if not behind:
+            promotion.future.set_result(package)
+            self._promotion_over(h)
             return package
-        finally:
-            with self._lock:
-                del self._promotions[h.hex]
+        with self._lock:
+            promotion.behind = True
+        try:
+            self._promoter.submit(self._promote_behind, h, promotion, self.memory.removals)
+        except RuntimeError:  # closing: the package is still served from its file
+            promotion.future.set_result(None)
+            self._promotion_over(h)
+        return package
 
-    def _promote(self, h: WebcHash) -> StoredPackage | None:
+    def _promotion_over(self, h: WebcHash) -> None:
+        with self._lock:
+            del self._promotions[h.hex]
+            self._promoted.notify_all()
+
+    def _promote_behind(self, h: WebcHash, promotion: _Promotion, stamp: int) -> None:
+        """Promote `h` unless the memory tier was told to drop something since `stamp` (an
+        Evict that raced this copy wins; the next Load promotes it again)."""
+        try:
+            package = self.memory.get(h.hex)
+            if package is None:
+                assert self.disk is not None
+                source = self.disk.open(h)
+                if source is not None:
+                    package = self._admit(h, source, source.size, self.disk.name(h), stamp)
+            promotion.future.set_result(package)
+        except (formats.FormatError, OSError, MemoryError) as exc:  # costs only the copy
+            log.warning(
+                "promotion to memory failed; the package is served from disk",
+                extra={"sha256": h.hex, "error": str(exc)},
+            )
+            promotion.future.set_result(None)
+        finally:
+            self._promotion_over(h)
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait until no promotion runs behind a served package (tests, benchmarks and an
+        orderly shutdown); False if `timeout` passed first."""
+        with self._lock:
+            return self._promoted.wait_for(lambda: not self._promotions, timeout)
+
+    def _read_from_disk(self, h: WebcHash) -> StoredPackage | None:
+        """The package read from its file, not promoted (a promotion of it runs already)."""
+        assert self.disk is not None
+        source = self.disk.open(h)
+        if source is None:
+            return None
+        try:
+            return self._on_disk(
+                h, source.size, source, _parse(h.hex, source, source.size), self.disk.name(h)
+            )
+        except formats.FormatError as exc:
+            return self._unparsable(h, exc)
+
+    def _promote(self, h: WebcHash) -> tuple[StoredPackage | None, bool]:
+        """The package from disk, and whether it is still to be promoted (behind the caller)."""
         assert self.disk is not None
         with traces.span(traces.DISK, {traces.SHA256: h.hex}) as disk_span:
             source = self.disk.open(h)
             if disk_span is not None:
                 disk_span.set_attribute(traces.HIT, source is not None)
         if source is None:
-            return None
+            return None, False
+        behind = source.size >= BACKGROUND_PROMOTION and self.memory.admits(source.size)
         try:
-            return self._keep(h, source, source.size, self.disk.name(h))
+            if behind:
+                name = self.disk.name(h)
+                container = _parse(h.hex, source, source.size)
+                return self._on_disk(h, source.size, source, container, name), True
+            return self._keep(h, source, source.size, self.disk.name(h)), False
         except formats.FormatError as exc:
-            # Not something we wrote (we publish only what parses), or truncated under us:
-            # treat it as a miss, and the download that follows replaces it.
-            log.warning(
-                "cached file does not parse; downloading again",
-                extra={"sha256": h.hex, "error": str(exc)},
-            )
+            return self._unparsable(h, exc), False
+
+    @staticmethod
+    def _unparsable(h: WebcHash, exc: formats.FormatError) -> None:
+        # Not something we wrote (we publish only what parses), or truncated under us:
+        # treat it as a miss, and the download that follows replaces it.
+        log.warning(
+            "cached file does not parse; downloading again",
+            extra={"sha256": h.hex, "error": str(exc)},
+        )
+
+    def _admit(
+        self,
+        h: WebcHash,
+        source: formats.ByteSource,
+        size: int,
+        name: str | None,
+        stamp: int | None = None,
+    ) -> StoredPackage | None:
+        """Read a verified package whole into memory, parse it there and admit it to the memory
+        tier; None when it does not fit."""
+        if not self.memory.admits(size):
             return None
+        # One read into process memory; the file is closed when `source` goes.
+        data = formats.MemorySource(source.read_at(0, size))
+        package = StoredPackage(h, size, data, _parse(h.hex, data, size), name)
+        if self.memory.put(h.hex, package, unless_removed_since=stamp):
+            package.on_grow = lambda extra: self.memory.grow(h.hex, extra)
+        return package
 
     def _keep(
         self, h: WebcHash, source: formats.ByteSource, size: int, name: str | None
     ) -> StoredPackage:
         """Parse a verified package and admit it to memory when it fits."""
-        if self.memory.admits(size):
-            # One read into process memory; the file is closed when `source` goes.
-            data = formats.MemorySource(source.read_at(0, size))
-            package = StoredPackage(h, size, data, _parse(h.hex, data, size), name)
-            if self.memory.put(h.hex, package):
-                package.on_grow = lambda extra: self.memory.grow(h.hex, extra)
+        package = self._admit(h, source, size, name)
+        if package is not None:
             return package
         return self._on_disk(h, size, source, _parse(h.hex, source, size), name)
 
@@ -661,6 +763,7 @@ class PackageLoader:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._promoter.shutdown(wait=False)  # a promotion under way finishes
 
     # -- by URL alone (what the resolver needs) ------------------------------------------------
 

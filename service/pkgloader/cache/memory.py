@@ -33,6 +33,7 @@ class MemoryCache(Generic[T]):
         self._charges: dict[str, int] = {}
         self._bytes = 0
         self._lock = threading.Lock()
+        self._removals = 0  # remove() calls, under _lock
 
     @property
     def enabled(self) -> bool:
@@ -64,12 +65,22 @@ class MemoryCache(Generic[T]):
     def __contains__(self, key: str) -> bool:
         return key in self._entries
 
-    def put(self, key: str, value: T) -> bool:
-        """Admit `value` unless it is too large; the first writer wins, as in the reference."""
+    @property
+    def removals(self) -> int:
+        """How many `remove` calls there have been: a stamp for `put`'s `unless_removed_since`."""
+        with self._lock:
+            return self._removals
+
+    def put(self, key: str, value: T, *, unless_removed_since: int | None = None) -> bool:
+        """Admit `value` unless it is too large; the first writer wins, as in the reference.
+        With `unless_removed_since` (a `removals` stamp), not if anything was removed since: a
+        value built slowly in the background must not undo an Evict that came meanwhile."""
         charge = value.charged_bytes
         if not self.admits(charge):
             return False
         with self._lock:
+            if unless_removed_since is not None and self._removals != unless_removed_since:
+                return False
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key] is value
@@ -93,6 +104,7 @@ class MemoryCache(Generic[T]):
 
     def remove(self, key: str) -> T | None:
         with self._lock:
+            self._removals += 1
             return self._pop(key)
 
     def keys(self) -> list[str]:
