@@ -416,7 +416,7 @@ class PackageLoader:
             # A promotion that finished between our memory miss and here did the work already.
             package = self.memory.get(h.hex)
             if package is None:
-                package, behind = self._promote(h)
+                package, behind = self._promote(h, promotion)
         except BaseException as exc:
             promotion.future.set_exception(exc)
             self._promotion_over(h)
@@ -425,8 +425,6 @@ class PackageLoader:
             promotion.future.set_result(package)
             self._promotion_over(h)
             return package
-        with self._lock:
-            promotion.behind = True
         try:
             self._promoter.submit(self._promote_behind, h, promotion, self.memory.removals)
         except RuntimeError:  # closing: the package is still served from its file
@@ -478,7 +476,7 @@ class PackageLoader:
         except formats.FormatError as exc:
             return self._unparsable(h, exc)
 
-    def _promote(self, h: WebcHash) -> tuple[StoredPackage | None, bool]:
+    def _promote(self, h: WebcHash, promotion: _Promotion) -> tuple[StoredPackage | None, bool]:
         """The package from disk, and whether it is still to be promoted (behind the caller)."""
         assert self.disk is not None
         with traces.span(traces.DISK, {traces.SHA256: h.hex}) as disk_span:
@@ -488,6 +486,9 @@ class PackageLoader:
         if source is None:
             return None, False
         behind = source.size >= BACKGROUND_PROMOTION and self.memory.admits(source.size)
+        if behind:
+            with self._lock:  # from now on, callers that meet this promotion read the file too
+                promotion.behind = True
         try:
             if behind:
                 name = self.disk.name(h)
