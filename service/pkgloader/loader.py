@@ -231,8 +231,12 @@ class _Promotion:
     future: concurrent.futures.Future[StoredPackage | None] = field(
         default_factory=concurrent.futures.Future
     )
-    #: Running behind a caller already served from the file: others read the file too.
+    #: Running behind a caller already served from the file: others get that caller's
+    #: package (`served`, the file parsed once) instead of waiting for the copy.
     behind: bool = False
+    served: concurrent.futures.Future[StoredPackage | None] = field(
+        default_factory=concurrent.futures.Future
+    )
 
 
 class _Flight:
@@ -398,7 +402,8 @@ class PackageLoader:
         arrive meanwhile share that promotion. A large one (`BACKGROUND_PROMOTION` bytes or
         more) is returned reading from its file at once, and promoted behind it: copying it
         whole before the first chunk left made the first Load after an Evict a third as fast as
-        a memory stream; meanwhile other callers read the file too, instead of waiting."""
+        a memory stream; meanwhile other callers share that file-backed package (one parse, as the
+        hardening issue's bound on concurrent first Loads requires) instead of waiting."""
         if self.disk is None:
             return None
         with self._lock:
@@ -409,7 +414,7 @@ class PackageLoader:
         if not owner:
             with traces.span(traces.DISK, {traces.SHA256: h.hex}):
                 if promotion.behind:
-                    return self._read_from_disk(h)
+                    return promotion.served.result()
                 return promotion.future.result()
         behind = False
         try:
@@ -419,6 +424,8 @@ class PackageLoader:
                 package, behind = self._promote(h, promotion)
         except BaseException as exc:
             promotion.future.set_exception(exc)
+            if not promotion.served.done():
+                promotion.served.set_exception(exc)
             self._promotion_over(h)
             raise
         if not behind:
@@ -463,18 +470,14 @@ class PackageLoader:
         with self._lock:
             return self._promoted.wait_for(lambda: not self._promotions, timeout)
 
-    def _read_from_disk(self, h: WebcHash) -> StoredPackage | None:
-        """The package read from its file, not promoted (a promotion of it runs already)."""
+    def _from_file(self, h: WebcHash, source: formats.FileSource) -> StoredPackage | None:
+        """The disk cache's file of `h`, parsed where it is (None when it does not parse)."""
         assert self.disk is not None
-        source = self.disk.open(h)
-        if source is None:
-            return None
         try:
-            return self._on_disk(
-                h, source.size, source, _parse(h.hex, source, source.size), self.disk.name(h)
-            )
+            container = _parse(h.hex, source, source.size)
         except formats.FormatError as exc:
             return self._unparsable(h, exc)
+        return self._on_disk(h, source.size, source, container, self.disk.name(h))
 
     def _promote(self, h: WebcHash, promotion: _Promotion) -> tuple[StoredPackage | None, bool]:
         """The package from disk, and whether it is still to be promoted (behind the caller)."""
@@ -489,11 +492,11 @@ class PackageLoader:
         if behind:
             with self._lock:  # from now on, callers that meet this promotion read the file too
                 promotion.behind = True
+        if behind:
+            package = self._from_file(h, source)
+            promotion.served.set_result(package)
+            return package, package is not None
         try:
-            if behind:
-                name = self.disk.name(h)
-                container = _parse(h.hex, source, source.size)
-                return self._on_disk(h, source.size, source, container, name), True
             return self._keep(h, source, source.size, self.disk.name(h)), False
         except formats.FormatError as exc:
             return self._unparsable(h, exc), False
