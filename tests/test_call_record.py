@@ -14,13 +14,16 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pkgloader import app as app_module
 from pkgloader.app import SERVER_OPTIONS
 from pkgloader.logs import JsonFormatter
 from pkgloader.rpc import calls
 from pkgloader.rpc.auth import TokenAuth
 from pkgloader.rpc.calls import CallRecord
-from pkgloader.rpc.interceptors import CallInterceptor
+from pkgloader.rpc.interceptors import CallInterceptor, CallLimits
+from pkgloader.rpc.server import Server
 
 from tests.conftest import COWSAY, Running, load_request, test_settings
 
@@ -72,7 +75,7 @@ def _bidi(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[
 
 @pytest.fixture
 def record_server() -> Iterator[tuple[str, list[CallRecord]]]:
-    """The real interceptor, with auth on, in front of one handler of each kind."""
+    """The real interceptor, with auth on, in front of one (blocking) handler of each kind."""
     seen: list[CallRecord] = []
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(_unary),
@@ -81,18 +84,27 @@ def record_server() -> Iterator[tuple[str, list[CallRecord]]]:
         "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
         "Endless": grpc.unary_stream_rpc_method_handler(_endless),
     }
-    server = grpc.server(
-        futures.ThreadPoolExecutor(4, thread_name_prefix="rpc"),
-        interceptors=[CallInterceptor(observers=[seen.append], auth=TokenAuth({"good": "reader"}))],
-        options=SERVER_OPTIONS,
-    )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
-    port = server.add_insecure_port("127.0.0.1:0")
+    pool = futures.ThreadPoolExecutor(4, thread_name_prefix="rpc")
+
+    def make() -> tuple[aio.Server, int]:
+        server = aio.server(
+            interceptors=[
+                CallInterceptor(
+                    observers=[seen.append], auth=TokenAuth({"good": "reader"}), pool=pool
+                )
+            ],
+            options=SERVER_OPTIONS,
+        )
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
+        return server, server.add_insecure_port("127.0.0.1:0")
+
+    server, port = Server.build(make)
     server.start()
     try:
         yield f"127.0.0.1:{port}", seen
     finally:
         server.stop(None).wait()
+        pool.shutdown(wait=False)
 
 
 _GOOD = (("authorization", "Bearer good"),)
@@ -228,3 +240,66 @@ def test_the_production_server_authenticates_a_client_streaming_service(tmp_path
     assert registry.get_sample_value("pkgloader_rpc_duration_seconds_count", labels) == 1
     labels["code"] = "OK"
     assert registry.get_sample_value("pkgloader_rpc_duration_seconds_count", labels) == 1
+
+
+def test_calls_beyond_max_calls_are_refused_at_once_and_health_is_not_counted() -> None:
+    """`CallLimits.max_calls`: with one blocking call running and a limit of one, the next
+    business call is RESOURCE_EXHAUSTED (TOO_MANY_STREAMS) at once, not queued; health and
+    reflection are not counted; once the first ends, calls are taken again."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def blocks(request: bytes, context: grpc.ServicerContext) -> bytes:
+        entered.set()
+        release.wait(30)
+        return b"done"
+
+    def quick(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return b"quick"
+
+    seen: list[CallRecord] = []
+    pool = futures.ThreadPoolExecutor(4, thread_name_prefix="rpc")
+    limits = CallLimits(
+        content_streams_per_connection=1, send_timeout=30, infra_streams=1, max_calls=1
+    )
+    handlers = {
+        "Blocks": grpc.unary_unary_rpc_method_handler(blocks),
+        "Quick": grpc.unary_unary_rpc_method_handler(quick),
+    }
+
+    def make() -> tuple[aio.Server, int]:
+        server = aio.server(
+            interceptors=[CallInterceptor(observers=[seen.append], limits=limits, pool=pool)],
+            options=SERVER_OPTIONS,
+        )
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
+        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)  # type: ignore[attr-defined]
+        return server, server.add_insecure_port("127.0.0.1:0")
+
+    server, port = Server.build(make)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            first = channel.unary_unary(f"/{_SERVICE}/Blocks", None, None).future(b"", timeout=30)
+            assert entered.wait(30)
+            quick_call = channel.unary_unary(f"/{_SERVICE}/Quick", None, None)
+            with pytest.raises(grpc.RpcError) as refused:
+                quick_call(b"", timeout=30)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            # Health is not a business call: not counted, not refused.
+            check = channel.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                health_pb2.HealthCheckRequest.SerializeToString,
+                health_pb2.HealthCheckResponse.FromString,
+            )
+            answer = check(health_pb2.HealthCheckRequest(), timeout=30)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            release.set()
+            assert first.result() == b"done"
+            assert quick_call(b"", timeout=30) == b"quick"
+    finally:
+        release.set()
+        server.stop(None).wait()
+        pool.shutdown(wait=False)
+    refusals = [r for r in seen if r.code == "RESOURCE_EXHAUSTED"]
+    assert [(r.method, r.reason) for r in refusals] == [(f"/{_SERVICE}/Quick", "TOO_MANY_STREAMS")]

@@ -15,7 +15,13 @@ from typing import Any
 
 import pytest
 from pkgloader import app as app_module
-from pkgloader.errors import Cancelled, DeadlineExceeded, HashMismatch, ResourceExhausted
+from pkgloader.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    HashMismatch,
+    PackageTooLarge,
+    ResourceExhausted,
+)
 from pkgloader.formats import writer
 from pkgloader.hashes import WebcHash
 from pkgloader.loader import (
@@ -197,6 +203,36 @@ def test_a_memory_hit_renews_the_disk_files_last_use(
     kept.touched = float("-inf")  # as if the last touch were long ago
     assert loader.load(request).source is Source.MEMORY
     assert time.time() - path.stat().st_mtime < 60
+
+
+def test_load_from_memory_answers_only_what_needs_no_io(
+    make_loader: Callable[..., PackageLoader], httpserver: HTTPServer
+) -> None:
+    """What the event loop may call: a package memory does not hold is None (not fetched, not
+    checked: no file system call); a held one is a MEMORY result; one whose disk stamp is due
+    for renewal is None unless `touch` (then `load` renews it); and a held package named by a
+    refused request is still refused."""
+    loader = make_loader(touch_interval=60.0)
+    httpserver.expect_request("/hello").respond_with_data(HELLO.data)
+    request = LoadRequest(httpserver.url_for("/hello"), HELLO.sha256)
+    assert loader.load_from_memory(request) is None
+    assert httpserver.log == []  # nothing was fetched
+    loader.load(request)
+    # In memory now, its stamp not yet renewed by the touch clock: `load` does that first.
+    assert loader.load_from_memory(request) is None
+    assert loader.load(request).source is Source.MEMORY
+    hit = loader.load_from_memory(request)
+    assert hit is not None
+    assert (hit.source, hit.package.size) == (Source.MEMORY, HELLO.size)
+    kept = loader.memory.get(HELLO.sha256)
+    assert kept is not None
+    kept.touched = float("-inf")  # the disk file's stamp is due
+    assert loader.load_from_memory(request) is None
+    touched = loader.load_from_memory(request, touch=True)
+    assert touched is not None
+    assert loader.load_from_memory(request) is not None  # renewed: memory answers again
+    with pytest.raises(PackageTooLarge):
+        loader.load_from_memory(LoadRequest(request.url, HELLO.sha256, size_hint=1 << 62))
 
 
 def test_a_large_package_on_disk_is_served_from_its_file_and_promoted_behind_it(

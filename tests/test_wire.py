@@ -60,8 +60,8 @@ def test_ready_made_bytes_and_messages_serialize_alike() -> None:
 class _Messages(PackageLoaderServicer):
     """Yields parsed messages instead of the ready-made bytes: the same registration serves it."""
 
-    def Load(self, request: Any, context: Any) -> Iterator[Any]:
-        for item in super().Load(request, context):
+    def Load(self, request: Any, context: Any) -> Iterator[Any]:  # type: ignore[override]
+        for item in super()._load(request, context):
             yield pb.LoadResponse.FromString(item)
 
 

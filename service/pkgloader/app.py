@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import httpx
+from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from pkgloader_client import SERVICE_NAME
@@ -40,10 +41,12 @@ from pkgloader.resolve import (
     SourceState,
     UrlSource,
 )
+from pkgloader.rpc import server as rpc_server
 from pkgloader.rpc import wire
 from pkgloader.rpc.auth import TokenAuth
 from pkgloader.rpc.interceptors import MAX_RESPONSE_BYTES, CallInterceptor, CallLimits
 from pkgloader.rpc.reflection import CommentedReflection, commented_files
+from pkgloader.rpc.server import Server
 from pkgloader.rpc.servicer import PackageLoaderServicer
 from pkgloader.settings import Settings
 from pkgloader.status_page import StatusReport
@@ -77,9 +80,8 @@ class App:
     maintenance: CacheMaintenance
     http: httpx.Client
     metrics: Metrics
-    health: health.HealthServicer = field(
-        default_factory=lambda: health.HealthServicer(experimental_non_blocking=True)
-    )
+    #: grpcio's asyncio health servicer (`health.aio`), as the servers are asyncio ones
+    health: Any = field(default_factory=lambda: health.aio.HealthServicer())  # type: ignore[attr-defined]
     _scratch: tempfile.TemporaryDirectory[str] | None = None
     resolver: Resolver | None = None
     #: LoadTree's core: composes the loader and the resolver; its thread pool is closed with us.
@@ -269,76 +271,84 @@ def create_server(
     address: str | None = None,
     *,
     servicer: PackageLoaderServicer | None = None,
-    interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
+    interceptors: Sequence[aio.ServerInterceptor[Any, Any]] = (),
     credentials: grpc.ServerCredentials | None = None,
     services: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
-) -> tuple[grpc.Server, int]:
+) -> tuple[Server, int]:
     """A server ready to start (not started) on `address` (default: the settings' listen);
     returns it and its port.
 
     Its parts, each defaulting to what the settings make: the servicer (`make_servicer`),
-    interceptors in front of ours (what a gateway would do), the TLS credentials, and services
-    served beside ours, health and reflection. Whatever is passed in, the rest is production's:
-    the call interceptor (auth, limits, error mapping, access log, metrics), the thread pools,
-    the channel options."""
+    interceptors in front of ours (what a gateway would do; asyncio ones), the TLS credentials,
+    and services served beside ours, health and reflection. Whatever is passed in, the rest is
+    production's: the call interceptor (auth, limits, error mapping, access log, metrics), the
+    business thread pool, the channel options."""
     settings = app.settings
     auth = TokenAuth(settings.auth_tokens, settings.auth_exempt) if settings.auth_tokens else None
-    # Business calls run on `workers` threads; health and reflection on threads of their own,
-    # so a probe is answered however many business calls are stuck (see CallLimits).
+    # Blocking calls (everything but a memory hit, health and reflection) run on `workers`
+    # threads; health and reflection answer on the event loop however busy those are.
     business = futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="rpc")
-    infra = futures.ThreadPoolExecutor(settings.health_workers, thread_name_prefix="health-rpc")
-    app._pools += [business, infra]
+    app._pools.append(business)
     limits = CallLimits(
         # Below the pool, so that one connection never holds every worker.
         content_streams_per_connection=max(
             1, min(settings.max_content_streams_per_connection, settings.workers - 1)
         ),
         send_timeout=settings.send_timeout,
-        infra_pool=infra,
-        # Reflection streams may wait for requests on those threads; one stays for Check.
+        # Reflection streams, each waiting for its client's next request.
         infra_streams=max(1, settings.health_workers - 1),
         # A third of them per connection: one client's streams leave room for another's grpcurl.
         infra_streams_per_connection=max(1, (settings.health_workers - 1) // 3),
         infra_idle_timeout=settings.reflection_idle_timeout,
+        # Beyond this a call is refused at once (RESOURCE_EXHAUSTED), not queued.
+        max_calls=settings.workers * 16,
     )
-    server = grpc.server(
-        business,
-        interceptors=[
-            *interceptors,
-            CallInterceptor(
-                observers=[app.metrics.rpc],
-                auth=auth,
-                limits=limits,
-                # tracing hook (issue 13.1): absent, not idle, when tracing is off
-                tracing=app.tracing.server_interceptor() if app.tracing else None,
-            ),
-        ],
-        options=[
-            *SERVER_OPTIONS,
-            ("grpc.max_receive_message_length", settings.max_request_bytes),
-            ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
-        ],
-        # Calls beyond this wait in no queue: they get RESOURCE_EXHAUSTED at once.
-        maximum_concurrent_rpcs=settings.workers * 16,
-    )
-    wire.register(servicer or make_servicer(app), server)
-    if services:
-        server.add_generic_rpc_handlers(tuple(services))
-    health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        CommentedReflection(
-            [
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            commented_files(),
-        ),
-        server,
-    )
+    tracing = app.tracing.server_interceptor() if app.tracing else None
+    servicer = servicer or make_servicer(app)
     address = address or settings.listen
+    credentials = credentials or _tls_credentials(settings)
+
+    def make() -> tuple[aio.Server, int]:
+        server = aio.server(
+            interceptors=[
+                *interceptors,
+                CallInterceptor(
+                    observers=[app.metrics.rpc],
+                    auth=auth,
+                    limits=limits,
+                    # tracing hook (issue 13.1): absent, not idle, when tracing is off
+                    tracing=tracing,
+                    pool=business,
+                ),
+            ],
+            options=[
+                *SERVER_OPTIONS,
+                ("grpc.max_receive_message_length", settings.max_request_bytes),
+                ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+            ],
+        )
+        wire.register(servicer, server)
+        if services:
+            server.add_generic_rpc_handlers(tuple(services))
+        health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            CommentedReflection(
+                [
+                    SERVICE_NAME,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ],
+                commented_files(),
+            ),
+            server,
+        )
+        return server, _listen(server, address, credentials)
+
+    return Server.build(make)
+
+
+def _listen(server: aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
     try:
-        credentials = credentials or _tls_credentials(settings)
         if credentials is None:
             port = server.add_insecure_port(address)
         else:
@@ -347,7 +357,7 @@ def create_server(
         raise OSError(f"cannot listen on {address}: {exc}") from None
     if port == 0:
         raise OSError(f"cannot listen on {address}: the address is in use or not available")
-    return server, port
+    return port
 
 
 def _tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -361,21 +371,19 @@ def _tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def create_health_server(app: App, address: str) -> tuple[grpc.Server, int]:
+def create_health_server(app: App, address: str) -> tuple[Server, int]:
     """A plaintext server with only the health service (the same status as the main port).
 
     Kubernetes' native gRPC probes cannot speak TLS; with TLS on the main port they probe this
     one instead. It serves nothing but grpc.health.v1.Health, so it exposes no package data.
     """
-    server = grpc.server(
-        futures.ThreadPoolExecutor(2, thread_name_prefix="health"), options=SERVER_OPTIONS
-    )
-    health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise OSError(f"cannot listen on {address}: {exc}") from None
-    return server, port
+
+    def make() -> tuple[aio.Server, int]:
+        server = aio.server(options=SERVER_OPTIONS)
+        health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
+        return server, _listen(server, address, None)
+
+    return Server.build(make)
 
 
 def set_serving(app: App, serving: bool) -> None:
@@ -384,8 +392,13 @@ def set_serving(app: App, serving: bool) -> None:
         if serving
         else health_pb2.HealthCheckResponse.NOT_SERVING
     )
-    for name in ("", SERVICE_NAME):
-        app.health.set(name, status)
+
+    async def set_all() -> None:
+        for name in ("", SERVICE_NAME):
+            await app.health.set(name, status)
+
+    # The health servicer's watchers wait on the servers' loop: it is told there.
+    rpc_server.run(set_all())
 
 
 def serve(settings: Settings) -> None:
@@ -423,6 +436,6 @@ def serve(settings: Settings) -> None:
     set_serving(app, False)
     server.stop(settings.grace_period).wait()
     if health_server is not None:
-        health_server.stop(None)
+        health_server.stop(None).wait()
     app.close()
     log.info("stopped")

@@ -321,6 +321,40 @@ class PackageLoader:
 
     # -- Load ---------------------------------------------------------------------------------
 
+    def load_from_memory(self, request: LoadRequest, *, touch: bool = False) -> LoadResult | None:
+        """The package `request` names when the memory tier holds it, else None; raises what
+        `load` raises for a request it refuses.
+
+        With `touch` false it does no I/O and never waits, so it may run where blocking is not
+        allowed (the gRPC event loop): when the disk file's last-use stamp is due for renewal it
+        answers None, and `load` (which may block) renews it. Nor does it check a request for a
+        package memory does not hold (a file:// URL's check may touch the file system): `load`
+        checks it."""
+        expected = WebcHash.parse(request.sha256)
+        if not touch and expected.hex not in self.memory:
+            return None
+        url = parse_url(request.url)  # memoized: a warm Load should cost microseconds
+        if url.scheme == "file":
+            self.fetchers.file.check(url)  # refuse a forbidden path even when it is cached
+        if request.size_hint is not None and request.size_hint > self.max_package_bytes:
+            raise _too_large(self.max_package_bytes, request.size_hint)
+        with traces.span(traces.MEMORY, {traces.SHA256: expected.hex}) as memory_span:
+            cached = self.memory.get(expected.hex)
+            if memory_span is not None:
+                memory_span.set_attribute(traces.HIT, cached is not None)
+        if cached is None:
+            return None
+        if self.disk is not None:
+            # Renew the file's last-use stamp; a clock kept with the package spares even the
+            # stat() on most hits.
+            now = time.monotonic()
+            if now - cached.touched > self.disk.touch_interval / 2:
+                if not touch:
+                    return None
+                cached.touched = now
+                self.disk.touch(expected)
+        return _traced(LoadResult(cached, Source.MEMORY))
+
     def load(
         self,
         request: LoadRequest,
@@ -335,27 +369,12 @@ class PackageLoader:
         `wait_for_room` is set: then it waits (as long as `alive` and `timeout` allow) for a
         download to end. LoadTree sets it, so a large tree waits rather than failing.
         """
+        hit = self.load_from_memory(request, touch=True)
+        if hit is not None:
+            return hit
         expected = WebcHash.parse(request.sha256)
-        url = parse_url(request.url)  # memoized: a warm Load should cost microseconds
-        if url.scheme == "file":
-            self.fetchers.file.check(url)  # refuse a forbidden path even when it is cached
+        url = parse_url(request.url)
         policy = request.policy or self.default_policy
-        if request.size_hint is not None and request.size_hint > self.max_package_bytes:
-            raise _too_large(self.max_package_bytes, request.size_hint)
-
-        with traces.span(traces.MEMORY, {traces.SHA256: expected.hex}) as memory_span:
-            cached = self.memory.get(expected.hex)
-            if memory_span is not None:
-                memory_span.set_attribute(traces.HIT, cached is not None)
-        if cached is not None:
-            if self.disk is not None:
-                # Renew the file's last-use stamp; a clock kept with the package spares even the
-                # stat() on most hits.
-                now = time.monotonic()
-                if now - cached.touched > self.disk.touch_interval / 2:
-                    cached.touched = now
-                    self.disk.touch(expected)
-            return _traced(LoadResult(cached, Source.MEMORY))
         from_disk = self._from_disk(expected)
         if from_disk is not None:
             return _traced(LoadResult(from_disk, Source.DISK))

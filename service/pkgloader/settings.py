@@ -138,7 +138,12 @@ class Settings:
     download_timeout: float = _setting(
         900.0, parse_seconds, "overall deadline of one download, seconds"
     )
-    workers: int = _setting(64, _parse_positive_int, "gRPC worker threads")
+    workers: int = _setting(
+        64,
+        _parse_positive_int,
+        "threads for calls that block (all but memory hits, health and reflection, which the "
+        "event loop answers); calls running at once are at most 16 times this",
+    )
     max_downloads: int = _setting(16, _parse_positive_int, "concurrent downloads per process")
     touch_interval: float = _setting(
         300.0,
@@ -201,12 +206,13 @@ class Settings:
         30.0,
         parse_seconds,
         "seconds one streamed response message (at most 1 MiB) may wait to be sent before the "
-        "call is cancelled: a client that stopped reading frees its worker",
+        "call is ended: a client that stopped reading frees its place",
     )
     health_workers: int = _setting(
         4,
         _parse_positive_int,
-        "threads of their own for health checks and server reflection, which no business call uses",
+        "reflection streams open at once, plus one (health and reflection are answered on the "
+        "event loop, beside no business call)",
     )
     reflection_idle_timeout: float = _setting(
         10.0,

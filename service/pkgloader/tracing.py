@@ -17,9 +17,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import httpx
-from opentelemetry.instrumentation.grpc import server_interceptor
+from grpc import aio
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -53,10 +53,10 @@ class Tracing:
 
     provider: TracerProvider
 
-    def server_interceptor(self) -> grpc.ServerInterceptor:  # type: ignore[type-arg]
-        """The maintained grpc instrumentation: a SERVER span per call, continuing the caller's
-        `traceparent` and `baggage` from the metadata."""
-        return server_interceptor(tracer_provider=self.provider)  # type: ignore[no-untyped-call, no-any-return]
+    def server_interceptor(self) -> aio.ServerInterceptor[Any, Any]:
+        """The maintained grpc instrumentation (its asyncio server interceptor): a SERVER span
+        per call, continuing the caller's `traceparent` and `baggage` from the metadata."""
+        return aio_server_interceptor(tracer_provider=self.provider)  # type: ignore[no-untyped-call, no-any-return]
 
     def instrument(self, client: httpx.Client) -> None:
         """A CLIENT span per upstream request (registry and downloads), its URL cut to what is

@@ -18,8 +18,10 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc import aio
 from pkgloader import app as app_module
 from pkgloader import errors
+from pkgloader.rpc.server import Server
 from pkgloader.rpc.servicer import PackageLoaderServicer
 from pkgloader_client import pb
 
@@ -45,7 +47,7 @@ def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
 @dataclass
 class Custom:
     app: app_module.App
-    server: grpc.Server
+    server: Server
     port: int
 
     @property
@@ -58,7 +60,7 @@ def custom_server(
     root: Path,
     *,
     servicer: type[PackageLoaderServicer] = PackageLoaderServicer,
-    interceptors: tuple[grpc.ServerInterceptor, ...] = (),
+    interceptors: tuple[aio.ServerInterceptor, ...] = (),  # type: ignore[type-arg]
     credentials: grpc.ServerCredentials | None = None,
     **overrides: Any,
 ) -> Iterator[Custom]:
@@ -86,7 +88,7 @@ class FailsMidStream(PackageLoaderServicer):
     """Sends the package and its first chunk, then fails as an unexpected server error would."""
 
     def Load(self, request: pb.LoadRequest, context: grpc.ServicerContext) -> Iterator[Any]:
-        for n, response in enumerate(super().Load(request, context)):
+        for n, response in enumerate(super()._load(request, context)):
             yield response
             if n == 1:
                 raise RuntimeError("the disk went away mid-stream")
@@ -98,7 +100,7 @@ class StallsMidStream(PackageLoaderServicer):
     def Load(self, request: pb.LoadRequest, context: grpc.ServicerContext) -> Iterator[Any]:
         ended = threading.Event()
         context.add_callback(ended.set)
-        for n, response in enumerate(super().Load(request, context)):
+        for n, response in enumerate(super()._load(request, context)):
             yield response
             if n == 1:
                 ended.wait(60)
@@ -109,7 +111,7 @@ class DropsLastChunk(PackageLoaderServicer):
     """Ends the stream OK one chunk short: only the client's size check can notice."""
 
     def Load(self, request: pb.LoadRequest, context: grpc.ServicerContext) -> Iterator[Any]:
-        responses = list(super().Load(request, context))
+        responses = list(super()._load(request, context))
         yield from responses[:-1]
 
 
@@ -117,7 +119,7 @@ class FlipsAByte(PackageLoaderServicer):
     """Sends every byte, one of them changed: only the client's hash check can notice."""
 
     def Load(self, request: pb.LoadRequest, context: grpc.ServicerContext) -> Iterator[Any]:
-        for n, response in enumerate(super().Load(request, context)):
+        for n, response in enumerate(super()._load(request, context)):
             if n == 1:
                 data = bytearray(pb.LoadResponse.FromString(response).chunk)
                 data[100] ^= 0xFF
@@ -140,7 +142,7 @@ def raising(error: errors.PkgloaderError) -> type[PackageLoaderServicer]:
     return Raising
 
 
-class RequireToken(grpc.ServerInterceptor):
+class RequireToken(aio.ServerInterceptor):  # type: ignore[type-arg]
     """What a gateway in front of the service does: no `authorization: Bearer <token>`, no call.
     Records the authorization header of every call."""
 
@@ -148,17 +150,17 @@ class RequireToken(grpc.ServerInterceptor):
         self.token = token
         self.seen: list[str | None] = []
 
-    def intercept_service(
+    async def intercept_service(
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
     ) -> Any:
         metadata = dict(details.invocation_metadata or ())
         self.seen.append(metadata.get("authorization"))
-        handler = continuation(details)
+        handler = await continuation(details)
         if metadata.get("authorization") == f"Bearer {self.token}" or handler is None:
             return handler
 
-        def deny(request: Any, context: grpc.ServicerContext) -> Any:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
+        async def deny(request: Any, context: Any) -> Any:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
 
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(

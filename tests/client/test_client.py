@@ -10,6 +10,7 @@ import grpc
 import pytest
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
+from grpc import aio
 from pkgloader import app as app_module
 from pkgloader import errors
 from pkgloader_client import (
@@ -277,20 +278,20 @@ def test_token_is_sent_as_bearer_metadata(tmp_path: Path) -> None:
     assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
 
 
-class RewritesStatus(grpc.ServerInterceptor):
+class RewritesStatus(aio.ServerInterceptor):
     """A gateway that answers every call itself: UNAVAILABLE, with the given status details."""
 
     def __init__(self, details: bytes) -> None:
         self.details = details
 
-    def intercept_service(
+    async def intercept_service(
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
     ) -> Any:
-        handler = continuation(details)
+        handler = await continuation(details)
 
-        def answer(request: Any, context: grpc.ServicerContext) -> Any:
+        async def answer(request: Any, context: Any) -> Any:
             context.set_trailing_metadata((("grpc-status-details-bin", self.details),))
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is down")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is down")
 
         return grpc.unary_unary_rpc_method_handler(
             answer, handler.request_deserializer, handler.response_serializer

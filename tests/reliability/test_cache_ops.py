@@ -19,14 +19,15 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from grpc import aio
 from pkgloader.app import SERVER_OPTIONS
 from pkgloader.rpc.interceptors import MAX_RESPONSE_BYTES, CallInterceptor
+from pkgloader.rpc.server import Server
 from pkgloader_client import PackageLoaderServiceStub, pb
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
@@ -157,15 +158,18 @@ def bare_server() -> Iterator[tuple[str, list[tuple[str, str]]]]:
             unserializable, response_serializer=lambda m: m.SerializeToString()
         ),
     }
-    server = grpc.server(
-        futures.ThreadPoolExecutor(2),
-        interceptors=[
-            CallInterceptor(observers=[lambda call: observed.append((call.method, call.code))])
-        ],
-        options=SERVER_OPTIONS,
-    )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.T", handlers),))
-    port = server.add_insecure_port("127.0.0.1:0")
+
+    def make() -> tuple[aio.Server, int]:
+        server = aio.server(
+            interceptors=[
+                CallInterceptor(observers=[lambda call: observed.append((call.method, call.code))])
+            ],
+            options=SERVER_OPTIONS,
+        )
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.T", handlers),))
+        return server, server.add_insecure_port("127.0.0.1:0")
+
+    server, port = Server.build(make)
     server.start()
     try:
         yield f"127.0.0.1:{port}", observed

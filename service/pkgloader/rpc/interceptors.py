@@ -5,24 +5,29 @@ Servicer methods raise domain errors and return; this wraps every handler, of ev
 each error is mapped once (`status.to_status`), every call is authenticated (when auth is on) and
 logs one structured line from its typed `CallRecord` (`rpc.calls`), and an unexpected exception is
 logged with its traceback and sent as a bare INTERNAL.
+
+The server is grpcio's asyncio one (`rpc.server`). A behaviour written `async` (the servicer's
+Load, grpcio's health and reflection services) runs on the event loop; every other one blocks, and
+runs on the business thread pool a step at a time (`rpc.blocking`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
+import asyncio
+import inspect
 import itertools
 import logging
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from grpc import aio
 from opentelemetry import trace
 from pkgloader_client import SERVICE_NAME
 
@@ -34,7 +39,7 @@ from pkgloader.errors import (
     StreamIdle,
     TooManyStreams,
 )
-from pkgloader.rpc import calls
+from pkgloader.rpc import blocking, calls
 from pkgloader.rpc.auth import TokenAuth
 from pkgloader.rpc.calls import CallRecord
 from pkgloader.rpc.status import code_for, internal_status, to_status
@@ -54,16 +59,15 @@ MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 
 #: Called once per finished RPC with its record (code and seconds set).
 Observer = Callable[[CallRecord], None]
-#: `contextvars.Context.run` of the call's context: runs a callable where the call is current.
-_Run = Callable[..., Any]
 
 #: Streams of bulk data, limited per connection: method -> "is this request one?".
 _CONTENT_STREAMS: dict[str, Callable[[Any], bool]] = {
     f"/{SERVICE_NAME}/Load": lambda request: bool(request.include_content),
     f"/{SERVICE_NAME}/Scan": lambda request: True,
 }
-#: gRPC's own services (health, reflection): served by `CallLimits.infra_pool`.
+#: gRPC's own services (health, reflection).
 _INFRA = "/grpc."
+_END = object()
 
 
 @dataclass(frozen=True)
@@ -74,30 +78,34 @@ class CallLimits:
     content_streams_per_connection: int
     #: seconds one streamed message may wait to be sent before the call is cancelled
     send_timeout: float
-    #: the threads of gRPC's own services; business calls never run there
-    infra_pool: futures.ThreadPoolExecutor
-    #: long-lived streams (reflection) on those threads at once: the rest stay for health Check
+    #: long-lived streams (reflection) open at once
     infra_streams: int
     #: of those, what one connection may hold: one client cannot take them all
     infra_streams_per_connection: int = 1
     #: seconds such a stream may wait for its next request before the server ends it (grpcurl
     #: sends its requests at once; a client holding a stream open idle frees its place)
     infra_idle_timeout: float = 10.0
+    #: business calls running at once (health and reflection not counted); beyond it a call
+    #: is refused at once, RESOURCE_EXHAUSTED, rather than queued
+    max_calls: int | None = None
 
 
-class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(
         self,
         observers: list[Observer] | None = None,
         auth: TokenAuth | None = None,
         limits: CallLimits | None = None,
-        tracing: grpc.ServerInterceptor | None = None,  # type: ignore[type-arg]
+        tracing: aio.ServerInterceptor[Any, Any] | None = None,
+        pool: futures.ThreadPoolExecutor | None = None,
     ) -> None:
         self._observers = observers or []
         #: OpenTelemetry's server interceptor (None when tracing is off), applied around ours
         self._tracing = tracing
         self._auth = auth
         self._limits = limits
+        #: where blocking behaviours run (None: `rpc.blocking`'s own small pool)
+        self._pool = pool
         self._connections = (
             _PerConnection(limits.content_streams_per_connection) if limits else None
         )
@@ -108,37 +116,27 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             if limits
             else None
         )
-        self._watchdog = SendWatchdog(limits.send_timeout) if limits else None
-        self._idle_watchdog = (
-            SendWatchdog(limits.infra_idle_timeout, _idle_stream) if limits else None
-        )
+        self._send_timeout = limits.send_timeout if limits else None
+        self._max_calls = limits.max_calls if limits else None
+        #: business calls running now (all on the event loop thread: a plain count)
+        self._running = 0
+        self._idle_timeout = limits.infra_idle_timeout if limits else None
         # Wrapped handlers by method: grpc asks on every call, and building the wrappers anew
         # each time showed up in the warm-Load profile. Handlers are fixed once the server runs.
         self._wrapped: dict[str, Any] = {}
 
-    def intercept_service(
-        self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        details: grpc.HandlerCallDetails,
     ) -> Any:
         wrapped = self._wrapped.get(details.method)
         if wrapped is None:
-            wrapped = self._wrap(continuation(details), details.method, details)
+            wrapped = self._wrap_behaviour(await continuation(details), details.method)
+            if wrapped is not None and self._tracing is not None:
+                wrapped = await _traced(self._tracing, wrapped, details)
             if wrapped is not None:
                 self._wrapped[details.method] = wrapped
-        return wrapped
-
-    def _wrap(self, handler: Any, method: str, details: grpc.HandlerCallDetails) -> Any:
-        wrapped = self._wrap_behaviour(handler, method)
-        if wrapped is not None and self._tracing is not None:
-            wrapped = _traced(self._tracing, wrapped, details)
-        if wrapped is not None and self._limits is not None and method.startswith(_INFRA):
-            # grpcio runs a behaviour that names a pool of its own there (the seam grpcio's
-            # HealthServicer uses for Watch): health answers however busy the business pool is.
-            behaviour = next(
-                b
-                for b in (wrapped.unary_unary, wrapped.unary_stream, wrapped.stream_stream)
-                if b is not None
-            )
-            setattr(behaviour, "experimental_thread_pool", self._limits.infra_pool)  # noqa: B010
         return wrapped
 
     def _wrap_behaviour(self, handler: Any, method: str) -> Any:
@@ -146,148 +144,179 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         unary and client-streaming requests as `unary`, server and bidi streams as `stream`."""
         if handler is None:
             return None
-        if handler.unary_stream is not None and getattr(
-            handler.unary_stream, "experimental_non_blocking", False
-        ):
-            return self._wrap_non_blocking(handler, method)
         if handler.unary_unary is not None or handler.stream_unary is not None:
-            # Client streams (none in our service today) get no request for auth to inspect:
-            # their requests have not arrived when the call is admitted.
-            streamed_request = handler.stream_unary is not None
-            inner_u = handler.stream_unary if streamed_request else handler.unary_unary
-            serialize = handler.response_serializer
-
-            def unary(request: Any, context: grpc.ServicerContext) -> Any:
-                call, run = self._begin(context, method)
-                started, code = time.perf_counter(), "OK"
-                try:
-                    self._authorize(method, call, None if streamed_request else request)
-                    # Serialized here, not by grpc after we return: a response that cannot be
-                    # serialized, or is over the send limit, then fails where it is logged.
-                    return _serialized(run(inner_u, request, context), serialize, method)
-                except Exception as exc:
-                    code = self._fail(exc, context, method, call)
-                    raise
-                finally:
-                    self._end(method, code, started, call)
-
-            make_u = (
-                grpc.stream_unary_rpc_method_handler
-                if streamed_request
-                else grpc.unary_unary_rpc_method_handler
-            )
-            return make_u(unary, handler.request_deserializer, None)
+            return self._wrap_unary(handler, method)
         if handler.unary_stream is not None or handler.stream_stream is not None:
-            # Server streams (Load, Scan, health Watch) and bidi streams (reflection) alike.
-            bidi = handler.stream_stream is not None
-            inner_s = handler.stream_stream if bidi else handler.unary_stream
-
-            def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                call, run = self._begin(context, method)
-                started, code = time.perf_counter(), "OK"
-                release: Callable[[], None] | None = None
-                watched: _Watched | None = None
-                idle: _Watched | None = None
-                items: Iterator[Any] | None = None
-                try:
-                    self._authorize(method, call, None if bidi else request)
-                    release = self._admit(method, request, context)
-                    if bidi and self._idle_watchdog is not None and method.startswith(_INFRA):
-                        # Reflection: a stream whose client sends nothing is ended, not kept.
-                        idle = self._idle_watchdog.watch(context)
-                        request = _awaited(request, idle)
-                    # Each step of the servicer's generator runs in the call's context, on
-                    # whichever worker thread grpc resumes us: `calls.current()` is this call.
-                    items = run(inner_s, request, context)
-                    watchdog = self._watchdog
-                    if watchdog is not None:
-                        watched = watchdog.watch(context)
-                    first = True
-                    while True:
-                        try:
-                            item = run(next, items)
-                        except StopIteration:
-                            break
-                        if first:
-                            # The metadata of a Load or LoadTree comes first, in one message:
-                            # refused here, where it is logged, not by grpc after we yield.
-                            first = False
-                            _check_first(item, method)
-                        if watched is not None:
-                            # Suspended here, grpc is sending `item` from this thread.
-                            watched.since = time.monotonic()
-                            yield item
-                            watched.since = None
-                        else:
-                            yield item
-                except GeneratorExit:
-                    code = "CANCELLED"  # the client went away mid-stream
-                    # What `yield from` did: close the servicer's generator (its `finally`
-                    # blocks run), in the call's context.
-                    close = getattr(items, "close", None)
-                    if close is not None:
-                        run(close)
-                    raise
-                except Exception as exc:
-                    if idle is not None and idle.stalled is not None:
-                        # The request iterator fails once the idle watchdog cancelled the call:
-                        # the end this server chose, logged as such below, not an INTERNAL.
-                        return
-                    code = self._fail(exc, context, method, call)
-                    raise
-                finally:
-                    for dog, entry in ((self._watchdog, watched), (self._idle_watchdog, idle)):
-                        if entry is None or dog is None:
-                            continue
-                        dog.forget(entry)
-                        if entry.stalled is not None:
-                            code = "CANCELLED"
-                            call.error = entry.stalled.message
-                            call.reason = entry.stalled.reason
-                    if release is not None:
-                        release()
-                    if code == "OK" and not context.is_active():
-                        code = "CANCELLED"
-                    self._end(method, code, started, call)
-
-            make = (
-                grpc.stream_stream_rpc_method_handler
-                if bidi
-                else grpc.unary_stream_rpc_method_handler
-            )
-            return make(stream, handler.request_deserializer, handler.response_serializer)
+            return self._wrap_stream(handler, method)
         # A handler with no behaviour grpc knows: refuse to serve it rather than pass it by.
         raise TypeError(f"{method}: a method handler of no kind grpc defines: {handler!r}")
 
-    def _wrap_non_blocking(self, handler: Any, method: str) -> Any:
-        """A behaviour that returns at once and sends later through a callback (health Watch):
-        it holds no thread while it waits, and keeps doing so wrapped."""
-        inner = handler.unary_stream
+    def _wrap_unary(self, handler: Any, method: str) -> Any:
+        # Client streams (none in our service today) get no request for auth to inspect:
+        # their requests have not arrived when the call is admitted.
+        streamed_request = handler.stream_unary is not None
+        inner = handler.stream_unary if streamed_request else handler.unary_unary
+        on_loop = inspect.iscoroutinefunction(inner)
+        serialize = handler.response_serializer
 
-        def watch(
-            request: Any,
-            context: grpc.ServicerContext,
-            send_response_callback: Callable[[Any], None] | None = None,
-        ) -> None:
-            call, run = self._begin(context, method)
-            started = time.perf_counter()
+        async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> bytes:
+            call = self._begin(context, method)
+            started, code = time.perf_counter(), "OK"
             try:
-                self._authorize(method, call, request)
-                run(inner, request, context, send_response_callback)
-            except Exception as exc:
-                self._end(method, self._fail(exc, context, method, call), started, call)
+                self._authorize(method, call, None if streamed_request else request)
+                self._admit_call(method)
+                if on_loop:
+                    response = await inner(request, context)
+                else:
+                    sync = blocking.SyncContext(context)
+                    if streamed_request:
+                        request = blocking.SyncRequests(request, asyncio.get_running_loop())
+                    response = await blocking.Steps(blocking.pool()).run(inner, request, sync)
+                    if sync.code is not None and sync.code is not grpc.StatusCode.OK:
+                        raise blocking.Aborted(
+                            sync.code, sync.details or "", sync.trailing_metadata
+                        )
+                # Serialized here, not by grpc after we return: a response that cannot be
+                # serialized, or is over the send limit, then fails where it is logged.
+                return _serialized(response, serialize, method)
+            except asyncio.CancelledError:
+                code = "CANCELLED"  # the client went away, or the server is stopping
                 raise
-            # Such a stream ends when the client leaves or the server stops.
-            if not context.add_callback(lambda: self._end(method, "OK", started, call)):
-                self._end(method, "OK", started, call)
+            except aio.AbortError:
+                code = _code_name(context)  # an async behaviour ended the call itself
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to its status
+                code, status = self._failure(exc, method, call)
+                _set_status(context, *status)
+                return b""  # grpc sends the status set, not this
+            finally:
+                self._end(method, code, started, call)
 
-        setattr(watch, "experimental_non_blocking", True)  # noqa: B010 - grpcio's marker
-        return grpc.unary_stream_rpc_method_handler(
-            watch, handler.request_deserializer, handler.response_serializer
+        make = (
+            grpc.stream_unary_rpc_method_handler
+            if streamed_request
+            else grpc.unary_unary_rpc_method_handler
         )
+        return make(unary, handler.request_deserializer, None)
+
+    def _wrap_stream(self, handler: Any, method: str) -> Any:
+        # Server streams (Load, Scan, health Watch) and bidi streams (reflection) alike.
+        bidi = handler.stream_stream is not None
+        inner = handler.stream_stream if bidi else handler.unary_stream
+        make = (
+            grpc.stream_stream_rpc_method_handler if bidi else grpc.unary_stream_rpc_method_handler
+        )
+        if inspect.iscoroutinefunction(inner):
+            # A behaviour that writes its messages itself (grpcio's health Watch, which sends
+            # only when the status changes): no message of ours to watch or check.
+            return make(
+                self._writer(inner, method, bidi),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        on_loop = inspect.isasyncgenfunction(inner)
+        infra = method.startswith(_INFRA)
+
+        def source(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            if on_loop:
+                return inner(request, context)  # type: ignore[no-any-return]
+            if bidi:
+                request = blocking.SyncRequests(request, asyncio.get_running_loop())
+            return blocking.stepped(inner, request, context)
+
+        async def stream(
+            request: Any, context: aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            # An async generator, as grpc's stream behaviours (and OpenTelemetry's wrapper around
+            # them) are, that writes its messages itself: a yield cannot be given a deadline,
+            # a `context.write` can.
+            call = self._begin(context, method)
+            end = _End(self, method, call)
+            stalled: list[PkgloaderError] = []
+            items: AsyncIterator[Any] | None = None
+            try:
+                self._authorize(method, call, None if bidi else request)
+                self._admit_call(method)
+                end.release = self._admit(method, request, context)
+                if bidi and infra and self._idle_timeout is not None:
+                    # Reflection: a stream whose client sends nothing is ended, not kept.
+                    request = _awaited(request, self._idle_timeout, stalled)
+                items = source(request, context)
+                timeout = self._send_timeout
+                first = True
+                async for item in items:
+                    if first:
+                        # The metadata of a Load or LoadTree comes first, in one message:
+                        # refused here, where it is logged, not by grpc after we yield.
+                        first = False
+                        _check_first(item, method)
+                    if timeout is None:
+                        await context.write(item)
+                        continue
+                    # A client that stops reading grants no flow-control window, and the send
+                    # would wait as long as the connection lives: past `timeout` the call ends,
+                    # its place and what it holds freed.
+                    # The write runs as a task of its own, never cancelled: grpc then sends the
+                    # status set below after the message, when the client reads again.
+                    try:
+                        async with asyncio.timeout(timeout):
+                            await context.write(item)
+                    except TimeoutError:
+                        stalled.append(_send_stalled(timeout))
+                        raise
+            except (GeneratorExit, asyncio.CancelledError):
+                end.code = "CANCELLED"  # the client went away mid-stream
+                raise
+            except aio.AbortError:
+                end.code = _code_name(context)
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to its status
+                if stalled:
+                    # The send or the idle timeout ended the stream: the end this server
+                    # chose, logged as such, not an INTERNAL. (The CANCELLED status may wait
+                    # behind the unsent message until the client reads again: grpcio's
+                    # asyncio server cannot cancel a call; the call's place and what it held
+                    # are freed now.)
+                    error = stalled[0]
+                    call.error, call.reason = error.message, error.reason
+                    end.code = "CANCELLED"
+                    _set_status(context, grpc.StatusCode.CANCELLED, error.message, ())
+                    return
+                end.code, status = self._failure(exc, method, call)
+                _set_status(context, *status)
+            finally:
+                try:
+                    await _closed(items)  # the behaviour's own `finally` blocks, before the log
+                finally:
+                    end.done()
+            if False:  # pragma: no cover - makes this function an async generator
+                yield
+
+        return make(stream, handler.request_deserializer, handler.response_serializer)
+
+    def _writer(self, inner: Callable[..., Awaitable[None]], method: str, bidi: bool) -> Any:
+        async def writer(request: Any, context: aio.ServicerContext[Any, Any]) -> None:
+            call = self._begin(context, method)
+            started, code = time.perf_counter(), "OK"
+            try:
+                self._authorize(method, call, None if bidi else request)
+                await inner(request, context)
+            except asyncio.CancelledError:
+                code = "CANCELLED"  # such a stream ends when the client leaves
+                raise
+            except aio.AbortError:
+                code = _code_name(context)
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to its status
+                code, status = self._failure(exc, method, call)
+                _set_status(context, *status)
+            finally:
+                self._end(method, code, started, call)
+
+        return writer
 
     def _admit(
-        self, method: str, request: Any, context: grpc.ServicerContext
+        self, method: str, request: Any, context: aio.ServicerContext[Any, Any]
     ) -> Callable[[], None] | None:
         """Take a place among the streams of its kind, or raise TooManyStreams. Returns what
         gives the place back (None: the call is not limited)."""
@@ -317,15 +346,25 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             return None
         return self._connections.enter(context.peer())
 
+    def _admit_call(self, method: str) -> None:
+        """Refuse a business call beyond `max_calls` running (grpcio's own
+        `maximum_concurrent_rpcs` queues calls instead, and costs a task per call)."""
+        if self._max_calls is not None and self._running > self._max_calls:
+            raise TooManyStreams(
+                f"{self._max_calls} calls are running on this server, the most it takes at "
+                "once; try again shortly",
+                limit=str(self._max_calls),
+            )
+
     def _authorize(self, method: str, call: CallRecord, request: Any) -> None:
         if self._auth is not None:
             role = self._auth.check(method, call.metadata, request)
             if role is not None:
                 call.role = role
 
-    @staticmethod
-    def _begin(context: grpc.ServicerContext, method: str) -> tuple[CallRecord, _Run]:
-        """Open the call's record and the context the handler runs in (where it is current).
+    def _begin(self, context: aio.ServicerContext[Any, Any], method: str) -> CallRecord:
+        """Open the call's record and make it current in the call's task (grpcio's asyncio
+        server runs each call in a task of its own, with its own copy of the context).
 
         The one place a call starts: a tracing hook opens its span here and writes its ids into
         the record (`trace_id`, `span_id`), so every log line carries them."""
@@ -334,20 +373,26 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         if not isinstance(request_id, str) or not request_id or len(request_id) > 128:
             request_id = f"{_PROCESS_ID}-{next(_SEQUENCE):x}"
         call = CallRecord(method=method, request_id=request_id, metadata=metadata)
-        # A copy of the worker thread's context (O(1)): what other layers keep there stays
-        # visible, and what the call sets there stays with the call.
-        scope = contextvars.copy_context()
-        scope.run(calls.bind, call)
-        return call, scope.run
+        if not method.startswith(_INFRA):
+            self._running += 1  # given back in `_end`
+        calls.bind(call)
+        if self._pool is not None:
+            blocking.bind_pool(self._pool)
+        return call
 
     @staticmethod
-    def _fail(exc: Exception, context: grpc.ServicerContext, method: str, call: CallRecord) -> str:
-        """Set the status for `exc` on the call; the caller re-raises, and grpc sends it."""
+    def _failure(
+        exc: Exception, method: str, call: CallRecord
+    ) -> tuple[str, tuple[grpc.StatusCode, str, tuple[Any, ...]]]:
+        """The status for `exc`: the code's name for the log line, and the status's code,
+        details and trailing metadata (`grpc-status-details-bin`)."""
+        if isinstance(exc, blocking.Aborted):
+            # A blocking behaviour called abort (or set a code) itself.
+            return exc.code.name, (exc.code, exc.details, exc.trailing_metadata)
         if isinstance(exc, PkgloaderError):
             call.error = exc.message
             call.reason = exc.reason
-            status = to_status(exc)
-            code = code_for(exc).name
+            status, name = to_status(exc), code_for(exc).name
         else:
             log.error(
                 "unexpected error in %s",
@@ -355,15 +400,13 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 exc_info=exc,
                 extra={"request_id": call.request_id},
             )
-            status, code = internal_status(), "INTERNAL"
-        # abort_with_status records the status, then raises by design; the original exception
-        # propagates instead, and grpc sends the recorded status.
-        with contextlib.suppress(Exception):
-            context.abort_with_status(status)
-        return code
+            status, name = internal_status(), "INTERNAL"
+        return name, (status.code, status.details, tuple(status.trailing_metadata or ()))
 
     def _end(self, method: str, code: str, started: float, call: CallRecord) -> None:
         call.seconds = time.perf_counter() - started
+        if not method.startswith(_INFRA):
+            self._running -= 1
         call.code = code
         if self._tracing is not None:
             _note_trace(call)
@@ -373,6 +416,55 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             logs.emit(log, level, "rpc", call.log_fields())
         for observe in self._observers:
             observe(call)
+
+
+class _End:
+    """How a stream call ends: its code, the place it gives back, its log line, exactly once."""
+
+    __slots__ = ("call", "code", "interceptor", "method", "release", "started")
+
+    def __init__(self, interceptor: CallInterceptor, method: str, call: CallRecord) -> None:
+        self.interceptor = interceptor
+        self.method = method
+        self.call = call
+        self.code = "OK"
+        self.started = time.perf_counter()
+        self.release: Callable[[], None] | None = None
+
+    def done(self) -> None:
+        if self.started < 0:
+            return
+        release, self.release = self.release, None
+        if release is not None:
+            release()
+        self.interceptor._end(self.method, self.code, self.started, self.call)
+        self.started = -1.0
+
+
+def _set_status(
+    context: aio.ServicerContext[Any, Any],
+    code: grpc.StatusCode,
+    details: str,
+    trailing_metadata: tuple[Any, ...],
+) -> None:
+    """The call's status, sent by grpc once the behaviour has returned. Not `abort`, which
+    sends it at once: then the client could see the end of a call before its span had ended
+    and its line been logged."""
+    context.set_code(code)
+    context.set_details(details)
+    if trailing_metadata:
+        context.set_trailing_metadata(trailing_metadata)
+
+
+async def _closed(items: AsyncIterator[Any] | None) -> None:
+    aclose = getattr(items, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _code_name(context: aio.ServicerContext[Any, Any]) -> str:
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
 def _content_per_connection(limit: int) -> TooManyStreams:
@@ -418,106 +510,33 @@ class _PerConnection:
         return leave
 
 
-class _Watched:
-    """One streaming call under the watchdog's eye."""
-
-    __slots__ = ("context", "since", "stalled")
-
-    def __init__(self, context: grpc.ServicerContext) -> None:
-        self.context = context
-        #: time.monotonic() when the call handed grpc a message to send; None while it runs
-        self.since: float | None = None
-        #: set when the watchdog cancelled the call
-        self.stalled: PkgloaderError | None = None
-
-
-class SendWatchdog:
-    """Cancels a streaming call whose message has waited `timeout` seconds to be sent.
-
-    grpcio's sync server sends a streamed message from the worker thread that produced it, and
-    that thread waits until the message is written. A client that stops reading (and so grants
-    no flow-control window) would hold the thread until the connection closes, maybe forever.
-    The stream wrapper marks when it hands grpc a message and when it is resumed; this thread,
-    running only while there are streams, cancels (`RpcContext.cancel`) those waiting too long:
-    the waiting send then fails and the worker is free. The client gets CANCELLED (in trailers,
-    which flow control does not hold back) when it reads again; the access log says
-    SEND_STALLED.
-    """
-
-    #: Ticks without a stream after which the thread ends (a new stream starts another).
-    IDLE_TICKS = 30
-
-    def __init__(
-        self, timeout: float, stalled: Callable[[float], PkgloaderError] | None = None
-    ) -> None:
-        self.timeout = timeout
-        #: the error a cancelled call is logged with (default: a send that waited too long)
-        self._stalled = stalled or _send_stalled
-        self._tick = min(1.0, timeout / 4)
-        self._lock = threading.Lock()
-        self._watched: dict[int, _Watched] = {}
-        self._running = False
-
-    def watch(self, context: grpc.ServicerContext) -> _Watched:
-        entry = _Watched(context)
-        with self._lock:
-            self._watched[id(entry)] = entry
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._run, name="send-watchdog", daemon=True).start()
-        return entry
-
-    def forget(self, entry: _Watched) -> None:
-        with self._lock:
-            self._watched.pop(id(entry), None)
-
-    def _run(self) -> None:
-        idle = 0
-        while True:
-            time.sleep(self._tick)  # a period, not a synchronisation
-            now = time.monotonic()
-            with self._lock:
-                if not self._watched:
-                    idle += 1
-                    if idle >= self.IDLE_TICKS:
-                        self._running = False
-                        return
-                    continue
-                idle = 0
-                late = [
-                    e
-                    for e in self._watched.values()
-                    if e.stalled is None and e.since is not None and now - e.since > self.timeout
-                ]
-            for entry in late:
-                entry.stalled = self._stalled(self.timeout)
-                entry.context.cancel()  # type: ignore[no-untyped-call]
-
-
 # --- tracing hook (issue 13.1) ---------------------------------------------------------------
 
 
-def _traced(
-    tracing: grpc.ServerInterceptor,  # type: ignore[type-arg]
+async def _traced(
+    tracing: aio.ServerInterceptor[Any, Any],
     wrapped: Any,
     details: grpc.HandlerCallDetails,
 ) -> Any:
     """`wrapped` inside OpenTelemetry's server interceptor, so its SERVER span is current
     while ours runs (and logs). Applied here, once per method and cached with our wrapper,
-    rather than listed beside us: the thread-pool marker `_wrap` sets must be on the outermost
-    behaviour. A non-blocking stream (health Watch) is left alone: the instrumentation would
-    call it without its send callback, and it lasts as long as the client watches."""
-    if wrapped.unary_stream is not None and getattr(
-        wrapped.unary_stream, "experimental_non_blocking", False
-    ):
+    rather than listed beside us. A stream that writes its own messages (health Watch) is left
+    alone: the instrumentation iterates streams, and a Watch lasts as long as the client
+    watches."""
+    behaviours = (wrapped.unary_stream, wrapped.stream_stream)
+    if any(b is not None and inspect.iscoroutinefunction(b) for b in behaviours):
         return wrapped
-    return tracing.intercept_service(lambda _details: wrapped, details)
+
+    async def continuation(_details: grpc.HandlerCallDetails) -> Any:
+        return wrapped
+
+    return await tracing.intercept_service(continuation, details)
 
 
 def _note_trace(call: CallRecord) -> None:
     """The call's trace and span id into its record (so its access-log line leads to its
-    trace), and its status onto its span: the instrumentation sees only `abort`, and `_fail`
-    uses `abort_with_status`."""
+    trace), and its status onto its span (also where a blocking behaviour or the interceptor
+    set it without the instrumentation's context wrapper seeing it)."""
     span = trace.get_current_span()  # the SERVER span `_traced` opened around this call
     ids = span.get_span_context()
     if not ids.is_valid:
@@ -544,18 +563,21 @@ def _idle_stream(timeout: float) -> PkgloaderError:
     )
 
 
-def _awaited(requests: Iterator[Any], watched: _Watched) -> Iterator[Any]:
-    """`requests`, with `watched.since` set while the next one is awaited: the watchdog ends a
-    stream whose client sends nothing for its timeout."""
-    iterator = iter(requests)
+async def _awaited(
+    requests: AsyncIterator[Any], timeout: float, stalled: list[PkgloaderError]
+) -> AsyncIterator[Any]:
+    """`requests`, each awaited at most `timeout` seconds: a stream whose client sends nothing
+    for that long is ended (the error is kept in `stalled`)."""
+    iterator = aiter(requests)
     while True:
-        watched.since = time.monotonic()
         try:
-            item = next(iterator)
-        except StopIteration:
+            async with asyncio.timeout(timeout):
+                item = await anext(iterator, _END)
+        except TimeoutError:
+            stalled.append(_idle_stream(timeout))
+            raise
+        if item is _END:
             return
-        finally:
-            watched.since = None
         yield item
 
 

@@ -9,9 +9,9 @@ Everything else (well-known types, health, reflection itself) comes from the poo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator
 from importlib import resources
-from typing import Any, cast
+from typing import Any
 
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection
@@ -24,8 +24,9 @@ def commented_files() -> dict[str, bytes]:
     return {f.name: f.SerializeToString() for f in files}
 
 
-class CommentedReflection(reflection.ReflectionServicer):
-    """grpcio-reflection's servicer, with our files' descriptors swapped for the commented ones.
+class CommentedReflection(reflection.aio.ReflectionServicer):  # type: ignore[misc, name-defined]
+    """grpcio-reflection's asyncio servicer (`reflection.aio`, which its module exports for
+    asyncio servers), with our files' descriptors swapped for the commented ones.
 
     Only public seams: the constructor, and the RPC method `ServerReflectionInfo` itself, whose
     answers are rewritten on the way out. (A descriptor pool built from the commented files, the
@@ -38,12 +39,10 @@ class CommentedReflection(reflection.ReflectionServicer):
         super().__init__(service_names)
         self._files = files
 
-    # The stubs (grpc-stubs) declare this generator as returning None; it yields responses.
-    def ServerReflectionInfo(  # type: ignore[override]
-        self, request_iterator: Iterable[Any], context: Any
-    ) -> Iterator[Any]:
-        responses = cast(Iterable[Any], super().ServerReflectionInfo(request_iterator, context))
-        for response in responses:
+    async def ServerReflectionInfo(
+        self, request_iterator: AsyncIterable[Any], context: Any
+    ) -> AsyncIterator[Any]:
+        async for response in super().ServerReflectionInfo(request_iterator, context):
             yield self._with_comments(response)
 
     def _with_comments(self, response: Any) -> Any:

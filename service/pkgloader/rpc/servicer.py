@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -13,7 +13,7 @@ from pkgloader import contents
 from pkgloader.cache.disk import Entry
 from pkgloader.errors import InvalidRequest
 from pkgloader.hashes import WebcHash
-from pkgloader.loader import LoadRequest, PackageLoader
+from pkgloader.loader import LoadRequest, LoadResult, PackageLoader
 from pkgloader.maintenance import CacheMaintenance, RetainCriteria
 from pkgloader.policy import CallerRole, HashPolicy
 from pkgloader.resolve import (
@@ -26,7 +26,7 @@ from pkgloader.resolve import (
     ResolvedCommand,
     Resolves,
 )
-from pkgloader.rpc import calls, wire
+from pkgloader.rpc import blocking, calls, wire
 from pkgloader.rpc.wire import CHUNK, MetadataCache
 from pkgloader.tree import PackageTree, TreeCommand, TreeLoader, TreeRoot, atom_chunks
 
@@ -66,32 +66,68 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
         self._resolver = resolver
         self._trees = trees or TreeLoader(loader, resolver)
 
-    def Load(self, request: pb.LoadRequest, context: grpc.ServicerContext) -> Iterator[Any]:
-        dist = request.summary.dist
-        call = calls.current()
-        call.package_id = request.summary.package_id[:200]
-        call.sha256 = dist.webc_sha256[:64]
+    async def Load(self, request: pb.LoadRequest, context: Any) -> AsyncIterator[Any]:
+        """A package memory holds, with its metadata already serialized, is answered on the
+        event loop, where the call arrived (most warm Loads: no thread hand-over); any other
+        Load runs on the business pool (`_load`), since it may wait for the disk or a
+        download."""
+        warm = self._warm(request)
+        if warm is None:
+            async for item in blocking.stepped(self._load, request, context):
+                yield item
+            return
+        result, message = warm
+        yield message
+        if request.include_content:
+            # From process memory: slicing and framing, no I/O.
+            for item in wire.chunk_messages(result.package.chunks(CHUNK)):
+                yield item
+            calls.current().sent_bytes = result.package.size
+
+    def _warm(self, request: pb.LoadRequest) -> tuple[LoadResult, bytes] | None:
+        hit = self._loader.load_from_memory(self._load_request(request, calls.current()))
+        if hit is None or not hit.package.in_memory:
+            return None
+        message = self._wire.kept_package_message(hit, request.summary.package_id)
+        if message is None:
+            return None
+        self._note(hit)
+        return hit, message
+
+    def _load(self, request: pb.LoadRequest, context: grpc.ServicerContext) -> Iterator[Any]:
         result = self._loader.load(
-            LoadRequest(
-                url=dist.webc_url,
-                sha256=dist.webc_sha256,
-                package_id=request.summary.package_id,
-                policy=_enum(_POLICIES, request.hash_validation, "hash_validation"),
-                size_hint=dist.webc_size if dist.HasField("webc_size") else None,
-                # The interceptor records the role when client auth is on; without it every
-                # caller may do anything, so each is ADMIN.
-                role=CallerRole.READER if call.role == "reader" else CallerRole.ADMIN,
-            ),
+            self._load_request(request, calls.current()),
             alive=context.is_active,
             timeout=_timeout(context, self._call_timeout),
         )
-        call.source = result.source.value
-        call.package_bytes = result.package.size
+        self._note(result)
         # Ready-made LoadResponse bytes (rpc.wire): the kept metadata, then framed chunks.
         yield self._wire.package_message(result, request.summary.package_id)
         if request.include_content:
             yield from wire.chunk_messages(result.package.chunks(CHUNK))
-            call.sent_bytes = result.package.size
+            calls.current().sent_bytes = result.package.size
+
+    @staticmethod
+    def _load_request(request: pb.LoadRequest, call: calls.CallRecord) -> LoadRequest:
+        dist = request.summary.dist
+        call.package_id = request.summary.package_id[:200]
+        call.sha256 = dist.webc_sha256[:64]
+        return LoadRequest(
+            url=dist.webc_url,
+            sha256=dist.webc_sha256,
+            package_id=request.summary.package_id,
+            policy=_enum(_POLICIES, request.hash_validation, "hash_validation"),
+            size_hint=dist.webc_size if dist.HasField("webc_size") else None,
+            # The interceptor records the role when client auth is on; without it every
+            # caller may do anything, so each is ADMIN.
+            role=CallerRole.READER if call.role == "reader" else CallerRole.ADMIN,
+        )
+
+    @staticmethod
+    def _note(result: LoadResult) -> None:
+        call = calls.current()
+        call.source = result.source.value
+        call.package_bytes = result.package.size
 
     def ValidateCache(
         self, request: pb.ValidateCacheRequest, context: grpc.ServicerContext

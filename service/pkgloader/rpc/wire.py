@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 from google.protobuf import message_factory, struct_pb2
 from google.protobuf.message import Message
+from grpc import aio
 from pkgloader_client.server import SERVICE_NAME, pb
 
 from pkgloader import formats
@@ -70,7 +71,7 @@ def handlers(servicer: object) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
     return table
 
 
-def register(servicer: object, server: grpc.Server) -> None:
+def register(servicer: object, server: aio.Server) -> None:
     """Serve `servicer` on `server` (what the generated `add_..._to_server` does, with our
     serializers)."""
     table = handlers(servicer)
@@ -118,19 +119,30 @@ class MetadataCache:
         return kept
 
     def package_message(self, result: LoadResult, package_id: str) -> bytes:
-        """`LoadResponse{package}` bytes: this call's fields, then the package's kept metadata.
-        Two serialized messages of one type, concatenated, parse as the two merged."""
-        package = result.package
-        head = pb.Package(
-            webc_sha256=package.hash.hex,
-            size=package.size,
-            source=SOURCES[result.source],
-            cache_path=package.cache_name or "",
-            warnings=result.warnings,
-            package_id=package_id,
-        ).SerializeToString()
-        body = head + self.metadata(package)
-        return _PACKAGE_TAG + varint(len(body)) + body
+        """`LoadResponse{package}` bytes: this call's fields, then the package's kept metadata
+        (built now if it is not kept yet: for a large manifest, work to keep off the loop)."""
+        return _package_message(result, package_id, self.metadata(result.package))
+
+    def kept_package_message(self, result: LoadResult, package_id: str) -> bytes | None:
+        """`package_message` when the package's metadata is kept already, else None."""
+        kept = self._kept.get(result.package)
+        return None if kept is None else _package_message(result, package_id, kept)
+
+
+def _package_message(result: LoadResult, package_id: str, metadata: bytes) -> bytes:
+    """This call's fields, then the package's metadata. Two serialized messages of one type,
+    concatenated, parse as the two merged."""
+    package = result.package
+    head = pb.Package(
+        webc_sha256=package.hash.hex,
+        size=package.size,
+        source=SOURCES[result.source],
+        cache_path=package.cache_name or "",
+        warnings=result.warnings,
+        package_id=package_id,
+    ).SerializeToString()
+    body = head + metadata
+    return _PACKAGE_TAG + varint(len(body)) + body
 
 
 def chunk_messages(pieces: Iterable[bytes | memoryview]) -> Iterator[bytes]:

@@ -1,0 +1,221 @@
+"""Blocking behaviours on the event loop server: run on the business thread pool, a step at a time.
+
+The core (loader, caches, fetchers, resolver) is synchronous: a download, a disk read, a hash
+pass block the thread they run on. On the asyncio server the interceptor runs each such RPC
+behaviour (every servicer method that is not `async`) on the business pool: a unary behaviour in
+one step; a streaming one (a generator) one `next()` per step, so while its message waits to be
+sent no thread is held. Every step runs in the call's own `contextvars.Context` (where
+`calls.current()` is the call), the same one each time, so a span opened in one step and closed
+in a later one stays balanced.
+
+A behaviour on a worker thread must not touch grpcio's asyncio objects (they belong to the
+loop); it gets a `SyncContext`: the sync server's `ServicerContext` methods the servicer uses,
+answered from what was read on the loop, with `abort` raising (as grpcio's sync server does) and
+the status applied on the loop afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent import futures
+from contextvars import ContextVar
+from typing import Any
+
+import grpc
+from grpc import aio
+
+_POOL: ContextVar[futures.ThreadPoolExecutor | None] = ContextVar("pkgloader_pool", default=None)
+_END = object()
+
+
+def bind_pool(pool: futures.ThreadPoolExecutor) -> None:
+    """Make `pool` the running call's business pool (the interceptor binds it in the call's
+    task, where it stays for the call's life)."""
+    _POOL.set(pool)
+
+
+class Aborted(Exception):
+    """`SyncContext.abort`: the status a blocking behaviour ended its call with."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: Sequence[Any]):
+        super().__init__(code, details)
+        self.code = code
+        self.details = details
+        self.trailing_metadata = tuple(trailing_metadata)
+
+
+class SyncContext:
+    """A call's context as a behaviour on a worker thread sees it (grpc.ServicerContext's
+    methods that our behaviours and grpc's generic handlers use)."""
+
+    __slots__ = (
+        "_active",
+        "_callbacks",
+        "_deadline",
+        "_metadata",
+        "_peer",
+        "code",
+        "details",
+        "trailing_metadata",
+    )
+
+    def __init__(self, context: aio.ServicerContext[Any, Any]) -> None:
+        remaining = context.time_remaining()
+        self._deadline = None if remaining is None else time.monotonic() + remaining
+        self._metadata = tuple(context.invocation_metadata() or ())
+        self._peer = context.peer()
+        self._active = True
+        self._callbacks: list[Callable[[], None]] = []
+        self.code: grpc.StatusCode | None = None
+        self.details: str | None = None
+        self.trailing_metadata: tuple[Any, ...] = ()
+        context.add_done_callback(self._done)  # type: ignore[arg-type]
+
+    def _done(self, _context: object) -> None:
+        self._active = False
+        for callback in self._callbacks:
+            callback()
+
+    def is_active(self) -> bool:
+        return self._active
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def invocation_metadata(self) -> tuple[Any, ...]:
+        return self._metadata
+
+    def peer(self) -> str:
+        return self._peer
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        if not self._active:
+            return False
+        self._callbacks.append(callback)
+        return True
+
+    def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        raise Aborted(code, details, self.trailing_metadata)
+
+    def abort_with_status(self, status: Any) -> None:
+        raise Aborted(status.code, status.details, status.trailing_metadata or ())
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    def set_trailing_metadata(self, metadata: Sequence[Any]) -> None:
+        self.trailing_metadata = tuple(metadata)
+
+
+class Steps:
+    """One call's blocking work on the pool, each step in the call's context."""
+
+    def __init__(self, pool: futures.ThreadPoolExecutor) -> None:
+        self._pool = pool
+        self._scope = contextvars.copy_context()
+        self._pending: futures.Future[Any] | None = None
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        pending = self._pending = self._pool.submit(self._scope.run, fn, *args)
+        try:
+            # Cancelled before it started, the step never runs; once started it runs out.
+            return await asyncio.wrap_future(pending)
+        finally:
+            self._pending = None if pending.done() else pending
+
+    async def settled(self) -> None:
+        """Wait for a step still running on the pool (the call was cancelled while it ran)."""
+        pending = self._pending
+        if pending is not None and not pending.done():
+            await asyncio.wait([asyncio.wrap_future(pending)])
+        self._pending = None
+
+    async def iterate(self, items: Iterator[Any]) -> AsyncIterator[Any]:
+        """`items` (a generator on the pool) as an async iterator; closed however it ends."""
+        try:
+            while True:
+                item = await self.run(next, items, _END)
+                if item is _END:
+                    return
+                yield item
+        finally:
+            # What `yield from` did: close the generator (its `finally` blocks run) in the
+            # call's context, once no step of it runs any more.
+            await self.settled()
+            close = getattr(items, "close", None)
+            if close is not None:
+                try:
+                    await self.run(close)
+                except RuntimeError:
+                    # The pool is shut down (the server stopped, cancelling this call): close
+                    # it here, so its `finally` blocks still run.
+                    self._scope.run(close)
+
+
+async def run(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` on the running call's business pool, in the call's context; from an `async`
+    behaviour (the servicer's Load when memory does not hold the package)."""
+    return await Steps(pool()).run(fn, *args)
+
+
+_fallback: futures.ThreadPoolExecutor | None = None
+
+
+def pool() -> futures.ThreadPoolExecutor:
+    """The running call's business pool; outside an intercepted call (a servicer driven
+    directly), a small pool of this module's."""
+    global _fallback
+    pool = _POOL.get()
+    if pool is None:
+        if _fallback is None:
+            _fallback = futures.ThreadPoolExecutor(4, thread_name_prefix="blocking")
+        pool = _fallback
+    return pool
+
+
+def stepped(
+    behaviour: Callable[..., Iterator[Any]], request: Any, context: aio.ServicerContext[Any, Any]
+) -> AsyncIterator[Any]:
+    """A generator behaviour on the running call's business pool, as an async iterator, with a
+    `SyncContext` for `context`."""
+    return _stepped(Steps(pool()), behaviour, request, SyncContext(context))
+
+
+async def _stepped(
+    steps: Steps, behaviour: Callable[..., Iterator[Any]], request: Any, context: SyncContext
+) -> AsyncIterator[Any]:
+    items = await steps.run(behaviour, request, context)
+    async for item in steps.iterate(items):
+        yield item
+
+
+class SyncRequests:
+    """A client stream's requests (an aio call's `read()`), as the sync iterator a blocking
+    behaviour on a worker thread expects: each `next()` waits for the loop to read one."""
+
+    def __init__(self, requests: AsyncIterator[Any], loop: asyncio.AbstractEventLoop) -> None:
+        self._requests = aiter(requests)
+        self._loop = loop
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> SyncRequests:
+        return self
+
+    def __next__(self) -> Any:
+        with self._lock:
+            step = asyncio.run_coroutine_threadsafe(_anext(self._requests), self._loop)
+            item = step.result()
+        if item is _END:
+            raise StopIteration
+        return item
+
+
+async def _anext(requests: AsyncIterator[Any]) -> Any:
+    return await anext(requests, _END)
