@@ -123,12 +123,19 @@ class Steps:
         self._pending: futures.Future[Any] | None = None
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self._wait(self._start(fn, *args))
+
+    def _start(self, fn: Callable[..., Any], *args: Any) -> futures.Future[Any]:
         pending = self._pending = self._pool.submit(self._scope.run, fn, *args)
+        return pending
+
+    async def _wait(self, pending: futures.Future[Any]) -> Any:
         try:
             # Cancelled before it started, the step never runs; once started it runs out.
             return await asyncio.wrap_future(pending)
         finally:
-            self._pending = None if pending.done() else pending
+            if pending.done() and self._pending is pending:
+                self._pending = None
 
     async def settled(self) -> None:
         """Wait for a step still running on the pool (the call was cancelled while it ran)."""
@@ -138,12 +145,18 @@ class Steps:
         self._pending = None
 
     async def iterate(self, items: Iterator[Any]) -> AsyncIterator[Any]:
-        """`items` (a generator on the pool) as an async iterator; closed however it ends."""
+        """`items` (a generator on the pool) as an async iterator; closed however it ends.
+
+        One step ahead: while the loop sends an item, the pool makes the next (a chunk's read
+        and framing overlap the previous chunk's send), so a stream holds at most one item
+        more than it has handed over."""
         try:
+            pending = self._start(next, items, _END)
             while True:
-                item = await self.run(next, items, _END)
+                item = await self._wait(pending)
                 if item is _END:
                     return
+                pending = self._start(next, items, _END)
                 yield item
         finally:
             # What `yield from` did: close the generator (its `finally` blocks run) in the
