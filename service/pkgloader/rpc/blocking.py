@@ -17,10 +17,11 @@ the status applied on the loop afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from concurrent import futures
 from contextvars import ContextVar
 from typing import Any
@@ -76,8 +77,17 @@ class SyncContext:
         context.add_done_callback(self._done)  # type: ignore[arg-type]
 
     def _done(self, _context: object) -> None:
+        self.end()
+
+    def end(self) -> None:
+        """The call is over for the behaviour (done, cancelled, or its stream closed): from now
+        `is_active()` is False, so a blocking wait it runs (`alive`) gives up. grpc's done
+        callback comes only once the call's task has finished, which waits for that step."""
+        if not self._active:
+            return
         self._active = False
-        for callback in self._callbacks:
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
             callback()
 
     def is_active(self) -> bool:
@@ -138,25 +148,30 @@ class Steps:
                 self._pending = None
 
     async def settled(self) -> None:
-        """Wait for a step still running on the pool (the call was cancelled while it ran)."""
+        """Wait for a step still running on the pool (the call was cancelled while it ran); a
+        step not started yet never runs."""
         pending = self._pending
-        if pending is not None and not pending.done():
+        if pending is not None and not pending.done() and not pending.cancel():
             await asyncio.wait([asyncio.wrap_future(pending)])
         self._pending = None
 
-    async def iterate(self, items: Iterator[Any]) -> AsyncIterator[Any]:
+    async def iterate(
+        self, items: Iterator[Any], serialize: Callable[[Any], bytes] | None = None
+    ) -> AsyncGenerator[Any, None]:
         """`items` (a generator on the pool) as an async iterator; closed however it ends.
 
         One step ahead: while the loop sends an item, the pool makes the next (a chunk's read
         and framing overlap the previous chunk's send), so a stream holds at most one item
-        more than it has handed over."""
+        more than it has handed over. With `serialize`, each item is serialized there too, off
+        the loop (a Scan batch or a LoadTree message is megabytes)."""
+        produce = _next if serialize is None else _serialized_next(serialize)
         try:
-            pending = self._start(next, items, _END)
+            pending = self._start(produce, items)
             while True:
                 item = await self._wait(pending)
                 if item is _END:
                     return
-                pending = self._start(next, items, _END)
+                pending = self._start(produce, items)
                 yield item
         finally:
             # What `yield from` did: close the generator (its `finally` blocks run) in the
@@ -165,11 +180,13 @@ class Steps:
             close = getattr(items, "close", None)
             if close is not None:
                 try:
-                    await self.run(close)
+                    step = self._start(close)
                 except RuntimeError:
                     # The pool is shut down (the server stopped, cancelling this call): close
                     # it here, so its `finally` blocks still run.
                     self._scope.run(close)
+                else:
+                    await self._wait(step)
 
 
 async def run(fn: Callable[..., Any], *args: Any) -> Any:
@@ -193,20 +210,45 @@ def pool() -> futures.ThreadPoolExecutor:
     return pool
 
 
+def _next(items: Iterator[Any]) -> Any:
+    return next(items, _END)
+
+
+def _serialized_next(serialize: Callable[[Any], bytes]) -> Callable[[Iterator[Any]], Any]:
+    def produce(items: Iterator[Any]) -> Any:
+        item = next(items, _END)
+        return item if item is _END else serialize(item)
+
+    return produce
+
+
 def stepped(
-    behaviour: Callable[..., Iterator[Any]], request: Any, context: aio.ServicerContext[Any, Any]
-) -> AsyncIterator[Any]:
-    """A generator behaviour on the running call's business pool, as an async iterator, with a
-    `SyncContext` for `context`."""
-    return _stepped(Steps(pool()), behaviour, request, SyncContext(context))
+    behaviour: Callable[..., Iterator[Any]],
+    request: Any,
+    context: aio.ServicerContext[Any, Any],
+    serialize: Callable[[Any], bytes] | None = None,
+) -> AsyncGenerator[Any, None]:
+    """A generator behaviour on the running call's business pool, as an async iterator (of
+    serialized items with `serialize`), with a `SyncContext` for `context`."""
+    return _stepped(Steps(pool()), behaviour, request, SyncContext(context), serialize)
 
 
 async def _stepped(
-    steps: Steps, behaviour: Callable[..., Iterator[Any]], request: Any, context: SyncContext
-) -> AsyncIterator[Any]:
-    items = await steps.run(behaviour, request, context)
-    async for item in steps.iterate(items):
-        yield item
+    steps: Steps,
+    behaviour: Callable[..., Iterator[Any]],
+    request: Any,
+    context: SyncContext,
+    serialize: Callable[[Any], bytes] | None,
+) -> AsyncGenerator[Any, None]:
+    try:
+        items = await steps.run(behaviour, request, context)
+        # Closed here, not by the garbage collector later: the behaviour's `finally` blocks
+        # run before the call is logged and its place given back.
+        async with contextlib.aclosing(steps.iterate(items, serialize)) as iterated:
+            async for item in iterated:
+                yield item
+    finally:
+        context.end()
 
 
 class SyncRequests:

@@ -171,13 +171,15 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                     sync = blocking.SyncContext(context)
                     if streamed_request:
                         request = blocking.SyncRequests(request, asyncio.get_running_loop())
-                    response = await blocking.Steps(blocking.pool()).run(inner, request, sync)
-                    if sync.code is not None and sync.code is not grpc.StatusCode.OK:
-                        raise blocking.Aborted(
-                            sync.code, sync.details or "", sync.trailing_metadata
+                    # Serialized there too (off the loop), not by grpc after we return: a
+                    # response that cannot be serialized, or is over the send limit, then
+                    # fails where it is logged.
+                    try:
+                        return await blocking.Steps(blocking.pool()).run(  # type: ignore[no-any-return]
+                            _respond, inner, request, sync, serialize, method
                         )
-                # Serialized here, not by grpc after we return: a response that cannot be
-                # serialized, or is over the send limit, then fails where it is logged.
+                    finally:
+                        sync.end()
                 return _serialized(response, serialize, method)
             except asyncio.CancelledError:
                 code = "CANCELLED"  # the client went away, or the server is stopping
@@ -216,13 +218,14 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             )
         on_loop = inspect.isasyncgenfunction(inner)
         infra = method.startswith(_INFRA)
+        serialize = handler.response_serializer or _as_bytes
 
         def source(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             if on_loop:
                 return inner(request, context)  # type: ignore[no-any-return]
             if bidi:
                 request = blocking.SyncRequests(request, asyncio.get_running_loop())
-            return blocking.stepped(inner, request, context)
+            return blocking.stepped(inner, request, context, serialize)
 
         async def stream(
             request: Any, context: aio.ServicerContext[Any, Any]
@@ -250,20 +253,27 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                         # refused here, where it is logged, not by grpc after we yield.
                         first = False
                         _check_first(item, method)
+                        if timeout is not None:
+                            # Headers first (not flow-controlled): a write that times out
+                            # must not be the one that was to send them, or no status follows.
+                            await context.send_initial_metadata(())
                     if timeout is None:
-                        await context.write(item)
+                        if not await _written(context, item):
+                            end.code = "CANCELLED"
+                            return
                         continue
                     # A client that stops reading grants no flow-control window, and the send
                     # would wait as long as the connection lives: past `timeout` the call ends,
                     # its place and what it holds freed.
-                    # The write runs as a task of its own, never cancelled: grpc then sends the
-                    # status set below after the message, when the client reads again.
                     try:
                         async with asyncio.timeout(timeout):
-                            await context.write(item)
+                            sent = await _written(context, item)
                     except TimeoutError:
                         stalled.append(_send_stalled(timeout))
                         raise
+                    if not sent:
+                        end.code = "CANCELLED"
+                        return
             except (GeneratorExit, asyncio.CancelledError):
                 end.code = "CANCELLED"  # the client went away mid-stream
                 raise
@@ -348,8 +358,13 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def _admit_call(self, method: str) -> None:
         """Refuse a business call beyond `max_calls` running (grpcio's own
-        `maximum_concurrent_rpcs` queues calls instead, and costs a task per call)."""
-        if self._max_calls is not None and self._running > self._max_calls:
+        `maximum_concurrent_rpcs` queues calls instead, and costs a task per call). Health and
+        reflection are neither counted nor refused."""
+        if (
+            self._max_calls is not None
+            and self._running > self._max_calls
+            and not method.startswith(_INFRA)
+        ):
             raise TooManyStreams(
                 f"{self._max_calls} calls are running on this server, the most it takes at "
                 "once; try again shortly",
@@ -439,6 +454,36 @@ class _End:
             release()
         self.interceptor._end(self.method, self.code, self.started, self.call)
         self.started = -1.0
+
+
+def _as_bytes(item: Any) -> bytes:
+    return bytes(item)
+
+
+async def _written(context: aio.ServicerContext[Any, Any], item: Any) -> bool:
+    """Write `item`; False when the call can no longer send (the client left, the server is
+    stopping): the end of a call, not an error of ours to log."""
+    try:
+        await context.write(item)
+    except (TimeoutError, asyncio.CancelledError):
+        raise
+    except Exception:  # noqa: BLE001 - grpc's ExecuteBatchError, UsageError and kin
+        return False
+    return True
+
+
+def _respond(
+    behaviour: Callable[..., Any],
+    request: Any,
+    context: blocking.SyncContext,
+    serialize: Callable[[Any], bytes] | None,
+    method: str,
+) -> bytes:
+    """A blocking unary behaviour's response, serialized and checked, on the pool."""
+    response = behaviour(request, context)
+    if context.code is not None and context.code is not grpc.StatusCode.OK:
+        raise blocking.Aborted(context.code, context.details or "", context.trailing_metadata)
+    return _serialized(response, serialize, method)
 
 
 def _set_status(

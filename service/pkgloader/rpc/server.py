@@ -98,5 +98,5 @@ class Server:
         return self._stopped
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
-        """True once the server has stopped; False when `timeout` passed first."""
+        """Wait for the server to stop; True when `timeout` passed first (grpc's meaning)."""
         return not self._stopped.wait(timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -73,8 +74,10 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
         download."""
         warm = self._warm(request)
         if warm is None:
-            async for item in blocking.stepped(self._load, request, context):
-                yield item
+            stepped = blocking.stepped(self._load, request, context, wire.serialize)
+            async with contextlib.aclosing(stepped) as items:
+                async for item in items:
+                    yield item
             return
         result, message = warm
         yield message
