@@ -189,12 +189,6 @@ class Steps:
                     await self._wait(step)
 
 
-async def run(fn: Callable[..., Any], *args: Any) -> Any:
-    """`fn(*args)` on the running call's business pool, in the call's context; from an `async`
-    behaviour (the servicer's Load when memory does not hold the package)."""
-    return await Steps(pool()).run(fn, *args)
-
-
 _fallback: futures.ThreadPoolExecutor | None = None
 
 

@@ -257,18 +257,14 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                             # Headers first (not flow-controlled): a write that times out
                             # must not be the one that was to send them, or no status follows.
                             await context.send_initial_metadata(())
-                    if timeout is None:
-                        if not await _written(context, item):
-                            end.code = "CANCELLED"
-                            return
-                        continue
                     # A client that stops reading grants no flow-control window, and the send
                     # would wait as long as the connection lives: past `timeout` the call ends,
-                    # its place and what it holds freed.
+                    # its place and what it holds freed (None: no deadline).
                     try:
                         async with asyncio.timeout(timeout):
                             sent = await _written(context, item)
                     except TimeoutError:
+                        assert timeout is not None  # only a deadline expires
                         stalled.append(_send_stalled(timeout))
                         raise
                     if not sent:
