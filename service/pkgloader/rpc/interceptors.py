@@ -116,7 +116,8 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             if limits
             else None
         )
-        self._send_timeout = limits.send_timeout if limits else None
+        #: stream messages waiting to be sent, each call ended past `send_timeout`
+        self._sends = _SendWatch(limits.send_timeout) if limits else None
         self._max_calls = limits.max_calls if limits else None
         #: business calls running now (all on the event loop thread: a plain count)
         self._running = 0
@@ -231,12 +232,12 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             request: Any, context: aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             # An async generator, as grpc's stream behaviours (and OpenTelemetry's wrapper around
-            # them) are, that writes its messages itself: a yield cannot be given a deadline,
-            # a `context.write` can.
+            # them) are, that writes its messages itself, so that each write can be watched
+            # (`_SendWatch`).
             call = self._begin(context, method)
             end = _End(self, method, call)
             stalled: list[PkgloaderError] = []
-            items: AsyncIterator[Any] | None = None
+            watch = self._sends
             try:
                 self._authorize(method, call, None if bidi else request)
                 self._admit_call(method)
@@ -244,8 +245,7 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 if bidi and infra and self._idle_timeout is not None:
                     # Reflection: a stream whose client sends nothing is ended, not kept.
                     request = _awaited(request, self._idle_timeout, stalled)
-                items = source(request, context)
-                timeout = self._send_timeout
+                end.items = items = source(request, context)
                 first = True
                 async for item in items:
                     if first:
@@ -253,20 +253,17 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                         # refused here, where it is logged, not by grpc after we yield.
                         first = False
                         _check_first(item, method)
-                        if timeout is not None:
-                            # Headers first (not flow-controlled): a write that times out
-                            # must not be the one that was to send them, or no status follows.
-                            await context.send_initial_metadata(())
-                    # A client that stops reading grants no flow-control window, and the send
-                    # would wait as long as the connection lives: past `timeout` the call ends,
-                    # its place and what it holds freed (None: no deadline).
-                    try:
-                        async with asyncio.timeout(timeout):
-                            sent = await _written(context, item)
-                    except TimeoutError:
-                        assert timeout is not None  # only a deadline expires
-                        stalled.append(_send_stalled(timeout))
-                        raise
+                    if watch is None:
+                        sent = await _written(context, item)
+                    else:
+                        watch.waiting(end)
+                        sent = await _written(context, item)
+                        watch.sent(end)
+                        if end.stalled is not None:
+                            # The watch ended this call while the message waited; the client
+                            # has read it now, and is told how the call ended.
+                            _set_status(context, grpc.StatusCode.CANCELLED, end.stalled, ())
+                            return
                     if not sent:
                         end.code = "CANCELLED"
                         return
@@ -278,11 +275,8 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 raise
             except Exception as exc:  # noqa: BLE001 - mapped to its status
                 if stalled:
-                    # The send or the idle timeout ended the stream: the end this server
-                    # chose, logged as such, not an INTERNAL. (The CANCELLED status may wait
-                    # behind the unsent message until the client reads again: grpcio's
-                    # asyncio server cannot cancel a call; the call's place and what it held
-                    # are freed now.)
+                    # The idle timeout ended the stream: the end this server chose, logged as
+                    # such, not an INTERNAL.
                     error = stalled[0]
                     call.error, call.reason = error.message, error.reason
                     end.code = "CANCELLED"
@@ -291,8 +285,10 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 end.code, status = self._failure(exc, method, call)
                 _set_status(context, *status)
             finally:
+                if watch is not None:
+                    watch.sent(end)  # a write cancelled (server stop) is not waiting any more
                 try:
-                    await _closed(items)  # the behaviour's own `finally` blocks, before the log
+                    await end.close()  # the behaviour's own `finally` blocks, before the log
                 finally:
                     end.done()
             if False:  # pragma: no cover - makes this function an async generator
@@ -430,9 +426,20 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
 
 
 class _End:
-    """How a stream call ends: its code, the place it gives back, its log line, exactly once."""
+    """How a stream call ends: its code, the place it gives back, its behaviour closed, its log
+    line, exactly once (by the call itself, or by `_SendWatch` while a message waits)."""
 
-    __slots__ = ("call", "code", "interceptor", "method", "release", "started")
+    __slots__ = (
+        "call",
+        "closing",
+        "code",
+        "interceptor",
+        "items",
+        "method",
+        "release",
+        "stalled",
+        "started",
+    )
 
     def __init__(self, interceptor: CallInterceptor, method: str, call: CallRecord) -> None:
         self.interceptor = interceptor
@@ -441,6 +448,37 @@ class _End:
         self.code = "OK"
         self.started = time.perf_counter()
         self.release: Callable[[], None] | None = None
+        #: the behaviour's messages, until closed
+        self.items: AsyncIterator[Any] | None = None
+        #: the task closing them, when `expire` started it
+        self.closing: asyncio.Task[None] | None = None
+        #: why the watch ended the call (its status details), once it has
+        self.stalled: str | None = None
+
+    async def close(self) -> None:
+        """Close the behaviour (its `finally` blocks run), once."""
+        if self.closing is not None:
+            await self.closing
+            return
+        items, self.items = self.items, None
+        await _closed(items)
+
+    def expire(self, error: PkgloaderError) -> None:
+        """End the call now, as `error` says, while its message still waits to be sent: the
+        behaviour is closed, the call's places given back and its line logged."""
+        self.call.error, self.call.reason = error.message, error.reason
+        self.code = "CANCELLED"
+        self.stalled = error.message
+        items, self.items = self.items, None
+        self.closing = asyncio.get_running_loop().create_task(self._expired(items))
+
+    async def _expired(self, items: AsyncIterator[Any] | None) -> None:
+        try:
+            await _closed(items)
+        except Exception:  # the call has ended: there is no client to send it to
+            log.exception("closing %s after its send stalled", self.method)
+        finally:
+            self.done()
 
     def done(self) -> None:
         if self.started < 0:
@@ -452,6 +490,49 @@ class _End:
         self.started = -1.0
 
 
+class _SendWatch:
+    """The stream messages waiting to be sent, and one timer that ends each call whose message
+    has waited `timeout` seconds: a client that stops reading grants no flow-control window, and
+    the send would otherwise wait as long as the connection lives, holding the call's places.
+
+    A waiting write is never cancelled. grpcio's asyncio server marks a call's headers sent
+    only when the write carrying them completes: after a cancelled first write, the status it
+    sends would carry the headers again, core refuses that batch, and the client never learns
+    how the call ended. (Sending the headers alone first would avoid that, at the cost of a
+    batch on every call, a sixth of the warm Load rate; a deadline per write cost a timer
+    each.) So the call is ended from our side (`_End.expire`): its behaviour is closed, its
+    places freed, its line logged; what stays is grpc's task, holding the one message until the
+    client reads again (and then gets CANCELLED after it) or the connection closes, at most
+    `grpc.max_concurrent_streams` such calls per connection."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        #: how often the timer looks: a stalled call ends within timeout + tick
+        self._tick = min(1.0, timeout / 4)
+        #: call -> when its message began to wait (time.monotonic)
+        self._waiting: dict[_End, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def waiting(self, end: _End) -> None:
+        self._waiting[end] = time.monotonic()
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._tick, self._sweep)
+
+    def sent(self, end: _End) -> None:
+        self._waiting.pop(end, None)
+
+    def _sweep(self) -> None:
+        # Armed only while messages wait: an idle server has no timer.
+        self._timer = None
+        since = time.monotonic() - self.timeout
+        late = [end for end, began in self._waiting.items() if began <= since]
+        for end in late:
+            del self._waiting[end]
+            end.expire(_send_stalled(self.timeout))
+        if self._waiting:
+            self._timer = asyncio.get_running_loop().call_later(self._tick, self._sweep)
+
+
 def _as_bytes(item: Any) -> bytes:
     return bytes(item)
 
@@ -461,7 +542,7 @@ async def _written(context: aio.ServicerContext[Any, Any], item: Any) -> bool:
     stopping): the end of a call, not an error of ours to log."""
     try:
         await context.write(item)
-    except (TimeoutError, asyncio.CancelledError):
+    except asyncio.CancelledError:
         raise
     except Exception:  # noqa: BLE001 - grpc's ExecuteBatchError, UsageError and kin
         return False
