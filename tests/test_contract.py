@@ -198,7 +198,7 @@ def test_serve_reports_health_and_stops_cleanly_on_sigterm(tmp_path: Path) -> No
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         logs = [json.loads(line) for line in proc.stderr.read().decode().splitlines()]
-        assert [entry["msg"] for entry in logs][-2:] == ["stopping", "stopped"]
+        assert [entry["msg"] for entry in logs][-2:] == ["stopping", "stopped"], logs[-3:]
     finally:
         _stop(proc)
 

@@ -48,7 +48,9 @@ def background_load(stub: PackageLoaderServiceStub, url: str, sha: str) -> threa
     """A Load nobody waits for: the server dies under it."""
 
     def run() -> None:
-        with contextlib.suppress(grpc.RpcError):
+        # ValueError: on a busy machine the kill and the channel's close can come before this
+        # thread has started its call ("Cannot invoke RPC: Channel closed!").
+        with contextlib.suppress(grpc.RpcError, ValueError):
             load(stub, url, sha, timeout=15)
 
     thread = threading.Thread(target=run, daemon=True)

@@ -49,6 +49,29 @@ def loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
+def shutdown(timeout: float = 5.0) -> None:
+    """Stop the process's gRPC loop, once every server on it has stopped (a process about to
+    exit). The tasks still on it (grpcio's own, winding down) are cancelled and awaited first:
+    a task destroyed pending at interpreter exit is logged as an error after our last line."""
+    global _loop
+    with _lock:
+        running, _loop = _loop, None
+    if running is None:
+        return
+
+    async def drain() -> None:
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    try:
+        asyncio.run_coroutine_threadsafe(drain(), running).result(timeout + 1)
+    finally:
+        running.call_soon_threadsafe(running.stop)
+
+
 def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     """Run `coro` on the gRPC loop from another thread and return its result."""
     running = loop()
