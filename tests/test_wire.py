@@ -117,3 +117,48 @@ def test_kept_metadata_is_charged_to_the_memory_tier_and_leaves_with_the_package
     del stored, kept
     gc.collect()
     assert len(cache) == 0
+
+
+def test_a_memory_hit_reuses_its_whole_message_per_package_id(tmp_path: Path) -> None:
+    """Warm Loads (the production servicer's memory-hit path) answer from one kept message per
+    package: the same bytes again for the same package_id, rebuilt for another one, and charged
+    to the memory tier once, whichever id it holds."""
+    app = app_module.build(test_settings(tmp_path))
+    cache = wire.MetadataCache()
+    servicer = PackageLoaderServicer(app.loader, app.maintenance, wire=cache)
+    server, port = app_module.create_server(app, servicer=servicer)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = PackageLoaderServiceStub(channel)
+
+        def package(package_id: str) -> Any:
+            request = load_request(DASH.url, DASH.sha256)
+            request.summary.package_id = package_id
+            return next(iter(stub.Load(request, timeout=30))).package
+
+        assert package("").source == pb.SOURCE_DOWNLOAD
+        # The first memory hit keeps the memory tier's package's metadata (on the pool), the
+        # next one, answered on the event loop, its whole message.
+        assert package("wasmer/dash@1").source == pb.SOURCE_MEMORY
+        before = app.loader.memory.charge_of(DASH.sha256)
+        built = package("wasmer/dash@1")
+        assert built.source == pb.SOURCE_MEMORY
+        stored = app.loader.memory.get(DASH.sha256)
+        assert stored is not None
+        charged = app.loader.memory.charge_of(DASH.sha256)
+        kept = cache.metadata(stored)
+        assert charged - before == len(kept) + wire._HIT_FIELDS + wire._KEPT_OVERHEAD
+        again = package("wasmer/dash@1")
+        assert again == built
+        other = package("wasmer/dash@^1")
+        assert other.package_id == "wasmer/dash@^1"
+        other.package_id = built.package_id
+        assert other == built  # only the id differs
+        assert app.loader.memory.charge_of(DASH.sha256) == charged
+        assert package("x" * 200).package_id == "x" * 200  # too long to keep, still answered
+        assert app.loader.memory.charge_of(DASH.sha256) == charged
+    finally:
+        channel.close()
+        server.stop(None).wait()
+        app.close()

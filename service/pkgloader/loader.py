@@ -335,7 +335,8 @@ class PackageLoader:
             return None
         url = parse_url(request.url)  # memoized: a warm Load should cost microseconds
         if url.scheme == "file":
-            self.fetchers.file.check(url)  # refuse a forbidden path even when it is cached
+            # Refuse a forbidden path even when it is cached (memoized by the URL's text).
+            self.fetchers.file.check(request.url)
         if request.size_hint is not None and request.size_hint > self.max_package_bytes:
             raise _too_large(self.max_package_bytes, request.size_hint)
         with traces.span(traces.MEMORY, {traces.SHA256: expected.hex}) as memory_span:

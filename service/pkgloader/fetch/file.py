@@ -24,12 +24,16 @@ CHUNK = 1024 * 1024
 class FileFetcher:
     def __init__(self, roots: tuple[Path, ...]) -> None:
         self._roots = tuple(Path(os.path.realpath(root)) for root in roots)
-        # Verdicts for the cheap check before a cache lookup; reading always resolves afresh.
-        self._allowed: Callable[[httpx.URL], Path] = functools.lru_cache(maxsize=1024)(self.resolve)
+        # Verdicts for the cheap check before a cache lookup, by the URL's text (an httpx.URL
+        # key rebuilds its text to hash it, on every warm Load); reading resolves afresh.
+        self._allowed: Callable[[str], Path] = functools.lru_cache(maxsize=1024)(self._resolve_text)
 
-    def check(self, url: httpx.URL) -> None:
+    def check(self, url: httpx.URL | str) -> None:
         """Raise unless `url` may be read (a memoized `resolve`; refusals are never cached)."""
-        self._allowed(url)
+        self._allowed(url if isinstance(url, str) else str(url))
+
+    def _resolve_text(self, text: str) -> Path:
+        return self.resolve(httpx.URL(text))
 
     def resolve(self, url: httpx.URL) -> Path:
         """The real path a file:// URL names, or an error if it is not under a root."""

@@ -92,6 +92,11 @@ _FULL_CHUNK_HEADER = _CHUNK_TAG + varint(CHUNK)
 
 # What a kept value costs beyond its bytes (the bytes object, its weak-dictionary slot).
 _KEPT_OVERHEAD = 200
+#: A memory hit's whole message is kept for package ids up to this long ...
+_KEPT_ID = 128
+#: ... and charged its metadata plus this much for the call's fields (hash, size, source,
+#: cache path and such an id take under 300 bytes).
+_HIT_FIELDS = 512
 
 
 class MetadataCache:
@@ -102,6 +107,10 @@ class MetadataCache:
 
     def __init__(self) -> None:
         self._kept: weakref.WeakKeyDictionary[StoredPackage, bytes] = weakref.WeakKeyDictionary()
+        #: a memory hit's whole message, for the package id it was last asked with
+        self._hits: weakref.WeakKeyDictionary[StoredPackage, tuple[str, bytes]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -124,9 +133,28 @@ class MetadataCache:
         return _package_message(result, package_id, self.metadata(result.package))
 
     def kept_package_message(self, result: LoadResult, package_id: str) -> bytes | None:
-        """`package_message` when the package's metadata is kept already, else None."""
-        kept = self._kept.get(result.package)
-        return None if kept is None else _package_message(result, package_id, kept)
+        """`package_message` when the package's metadata is kept already, else None.
+
+        A memory hit's message is the same on every call that names the package the same way,
+        so the whole message is kept too, for the package id last asked with: a warm Load then
+        builds no protobuf at all."""
+        stored = result.package
+        same = result.source is Source.MEMORY and not result.warnings
+        if same:
+            hit = self._hits.get(stored)
+            if hit is not None and hit[0] == package_id:
+                return hit[1]
+        kept = self._kept.get(stored)
+        if kept is None:
+            return None
+        message = _package_message(result, package_id, kept)
+        if same and len(package_id) <= _KEPT_ID:
+            with self._lock:
+                first = stored not in self._hits
+                self._hits[stored] = (package_id, message)
+            if first:  # one kept message per package, whichever id it holds
+                stored.charge(len(kept) + _HIT_FIELDS + _KEPT_OVERHEAD)
+        return message
 
 
 def _package_message(result: LoadResult, package_id: str, metadata: bytes) -> bytes:
