@@ -252,12 +252,17 @@ def test_a_large_package_on_disk_is_served_from_its_file_and_promoted_behind_it(
     first = loader.load(request)
     assert first.source is Source.DISK
     assert not first.package.in_memory
+    # The copy waits until no call uses the served package: another Load meanwhile shares it.
+    assert loader.load(request).package is first.package
+    assert not loader.settle(0)
+    assert b"".join(first.package.chunks()) == data
+    manifest = first.package.container.manifest
+    del first
     assert loader.settle(60)
     second = loader.load(request)
     assert second.source is Source.MEMORY
     assert second.package.in_memory
-    assert second.package.container.manifest == first.package.container.manifest
-    assert b"".join(first.package.chunks()) == data
+    assert second.package.container.manifest == manifest
     assert b"".join(second.package.chunks()) == data
 
 

@@ -46,6 +46,7 @@ import os
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,8 +76,8 @@ from pkgloader.policy import CallerRole, HashPolicy, Source
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
-#: Packages this large are promoted from disk to memory behind the Load that finds them (which
-#: streams from the file meanwhile); smaller ones are promoted first, a copy of a few ms.
+#: Packages this large are promoted from disk to memory once the Loads that find them have
+#: ended (they stream from the file); smaller ones are promoted first, a copy of a few ms.
 BACKGROUND_PROMOTION = 16 << 20
 
 
@@ -110,7 +111,7 @@ class StoredPackage:
 
     @property
     def in_memory(self) -> bool:
-        return isinstance(self.source, formats.MemorySource)
+        return isinstance(self.source, formats.MemorySource | formats.PiecesSource)
 
     @property
     def charged_bytes(self) -> int:
@@ -232,9 +233,10 @@ class _Promotion:
         default_factory=concurrent.futures.Future
     )
     #: Running behind a caller already served from the file: others get that caller's
-    #: package (`served`, the file parsed once) instead of waiting for the copy.
+    #: package (`served`, the file parsed once) instead of waiting for the copy. It is held
+    #: weakly: the copy starts once no call uses it.
     behind: bool = False
-    served: concurrent.futures.Future[StoredPackage | None] = field(
+    served: concurrent.futures.Future[weakref.ref[StoredPackage] | None] = field(
         default_factory=concurrent.futures.Future
     )
 
@@ -420,10 +422,12 @@ class PackageLoader:
         """The package from the disk cache, promoted to memory when it fits; one promotion per
         hash at a time. A small package is promoted before it is returned, and callers that
         arrive meanwhile share that promotion. A large one (`BACKGROUND_PROMOTION` bytes or
-        more) is returned reading from its file at once, and promoted behind it: copying it
-        whole before the first chunk left made the first Load after an Evict a third as fast as
-        a memory stream; meanwhile other callers share that file-backed package (one parse, as the
-        hardening issue's bound on concurrent first Loads requires) instead of waiting."""
+        more) is returned reading from its file at once, and promoted once no call uses that
+        file-backed package any more: copying it whole before the first chunk left made the
+        first Load after an Evict a third as fast as a memory stream, and copying it while that
+        Load streamed still cost it half its speed (fresh memory is page-faulted in). Meanwhile
+        other callers share the file-backed package (one parse, as the hardening issue's bound
+        on concurrent first Loads requires) instead of waiting."""
         if self.disk is None:
             return None
         with self._lock:
@@ -434,7 +438,13 @@ class PackageLoader:
         if not owner:
             with traces.span(traces.DISK, {traces.SHA256: h.hex}):
                 if promotion.behind:
-                    return promotion.served.result()
+                    served = promotion.served.result()
+                    package = served() if served is not None else None
+                    if package is not None or served is None:
+                        return package
+                    # The served package's calls have ended and the copy is under way: read
+                    # the file meanwhile rather than wait for it.
+                    return self._reopened(h)
                 return promotion.future.result()
         behind = False
         try:
@@ -452,11 +462,20 @@ class PackageLoader:
             promotion.future.set_result(package)
             self._promotion_over(h)
             return package
-        try:
-            self._promoter.submit(self._promote_behind, h, promotion, self.memory.removals)
-        except RuntimeError:  # closing: the package is still served from its file
-            promotion.future.set_result(None)
-            self._promotion_over(h)
+        stamp = self.memory.removals
+        assert package is not None
+
+        def start() -> None:
+            try:
+                self._promoter.submit(self._promote_behind, h, promotion, stamp)
+            except RuntimeError:  # closing: nothing more is promoted
+                promotion.future.set_result(None)
+                self._promotion_over(h)
+
+        # The copy waits for the calls reading this package to end: copying hundreds of MiB
+        # into fresh memory (page faults, ~0.5 ms per MiB here) while the first Load streams
+        # took CPU that stream needed, on two cores shared with its client.
+        weakref.finalize(package, start).atexit = False
         return package
 
     def _promotion_over(self, h: WebcHash) -> None:
@@ -466,14 +485,15 @@ class PackageLoader:
 
     def _promote_behind(self, h: WebcHash, promotion: _Promotion, stamp: int) -> None:
         """Promote `h` unless the memory tier was told to drop something since `stamp` (an
-        Evict that raced this copy wins; the next Load promotes it again)."""
+        Evict that came since the Load, or during this copy, wins: the copy stops, and the
+        next Load promotes it again)."""
         try:
             package = self.memory.get(h.hex)
-            if package is None:
+            if package is None and self.memory.removals == stamp:
                 assert self.disk is not None
                 source = self.disk.open(h)
                 if source is not None:
-                    package = self._admit(h, source, source.size, self.disk.name(h), stamp)
+                    package = self._admit_pieces(h, source, self.disk.name(h), stamp)
             promotion.future.set_result(package)
         except (formats.FormatError, OSError, MemoryError) as exc:  # costs only the copy
             log.warning(
@@ -514,7 +534,7 @@ class PackageLoader:
                 promotion.behind = True
         if behind:
             package = self._from_file(h, source)
-            promotion.served.set_result(package)
+            promotion.served.set_result(None if package is None else weakref.ref(package))
             return package, package is not None
         try:
             return self._keep(h, source, source.size, self.disk.name(h)), False
@@ -548,6 +568,31 @@ class PackageLoader:
         if self.memory.put(h.hex, package, unless_removed_since=stamp):
             package.on_grow = lambda extra: self.memory.grow(h.hex, extra)
         return package
+
+    def _admit_pieces(
+        self, h: WebcHash, source: formats.FileSource, name: str | None, stamp: int
+    ) -> StoredPackage | None:
+        """`_admit` a CHUNK at a time (a stream of CHUNKs then reads views only), giving up as
+        soon as the memory tier is told to drop something since `stamp`."""
+        size = source.size
+        if not self.memory.admits(size):
+            return None
+        pieces: list[bytes | memoryview] = []
+        for start in range(0, size, CHUNK):
+            if self.memory.removals != stamp:
+                return None
+            pieces.append(source.read_at(start, min(CHUNK, size - start)))
+        data = formats.PiecesSource(pieces, CHUNK)
+        package = StoredPackage(h, size, data, _parse(h.hex, data, size), name)
+        if self.memory.put(h.hex, package, unless_removed_since=stamp):
+            package.on_grow = lambda extra: self.memory.grow(h.hex, extra)
+        return package
+
+    def _reopened(self, h: WebcHash) -> StoredPackage | None:
+        """The disk cache's file of `h` opened and parsed anew."""
+        assert self.disk is not None
+        source = self.disk.open(h)
+        return None if source is None else self._from_file(h, source)
 
     def _keep(
         self, h: WebcHash, source: formats.ByteSource, size: int, name: str | None

@@ -35,7 +35,8 @@ def test_public_names_are_pinned() -> None:
     assert formats.__all__ == [
         "CHUNK", "JSON", "Atom", "Binding", "ByteSource", "Command", "Container", "Content",
         "ContentChanged", "Dependency", "DetectError", "DirEntry", "FileSource", "FormatError",
-        "Manifest", "MemorySource", "Metadata", "TarballLimits", "Volume", "detect",
+        "Manifest", "MemorySource", "Metadata", "PiecesSource", "TarballLimits", "Volume",
+        "detect",
         "open_package", "to_jsonable",
     ]  # fmt: skip
     assert formats.__all__ == sorted(formats.__all__, key=lambda n: (not n.isupper(), n))
@@ -300,3 +301,25 @@ def test_retained_bytes_matches_what_the_parse_allocates(path: Path) -> None:
     per_parse = traced / copies
     retained = containers[0].retained_bytes
     assert 0.8 * per_parse <= retained <= 1.5 * per_parse, (retained, per_parse)
+
+
+def test_pieces_source_reads_views_within_a_piece_and_copies_across() -> None:
+    """A PiecesSource reads like one buffer: a range inside one piece is a view of that piece
+    (no copy), one across pieces is assembled; its pieces must be equal but the last."""
+    data = os.urandom(10_000)
+    pieces = [data[i : i + 4096] for i in range(0, len(data), 4096)]
+    source = formats.PiecesSource(pieces, 4096)
+    assert source.size == len(data)
+    inside = source.read_at(4096, 4096)
+    assert inside.obj is pieces[1]  # a view of the piece itself
+    assert bytes(source.read_at(4000, 200)) == data[4000:4200]
+    assert bytes(source.read_at(0, len(data))) == data
+    assert bytes(source.read_at(len(data), 0)) == b""
+    raw = DASH.read_bytes()
+    chunked = formats.PiecesSource([raw[i : i + 65536] for i in range(0, len(raw), 65536)], 65536)
+    with open_package(chunked) as from_pieces, open_package(raw) as from_bytes:
+        assert from_pieces.manifest == from_bytes.manifest
+    with pytest.raises(ValueError, match="every piece but the last"):
+        formats.PiecesSource([b"ab", b"c", b"d"], 2)
+    with pytest.raises(ValueError, match="the last piece"):
+        formats.PiecesSource([b"ab", b""], 2)

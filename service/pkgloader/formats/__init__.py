@@ -19,9 +19,10 @@ Content handles. ``Container.get_atom(name)``, ``Container.atoms()`` and
 - ``content[a:b]``: a copy of that range.
 
 A handle keeps its source alive; reading it after ``Container.close()`` of a package opened
-from a path raises ``ValueError``. Sources: ``FileSource(fd)`` / ``FileSource.open(path)`` and
-``MemorySource(bytes)``, both ``ByteSource`` (``read_at(offset, size)``, exact or
-``ContentChanged``); ``open_package`` accepts a path, bytes or a ``ByteSource``.
+from a path raises ``ValueError``. Sources: ``FileSource(fd)`` / ``FileSource.open(path)``,
+``MemorySource(bytes)`` and ``PiecesSource(pieces, piece_size)`` (memory in equal pieces), each a
+``ByteSource`` (``read_at(offset, size)``, exact or ``ContentChanged``); ``open_package``
+accepts a path, bytes or a ``ByteSource``.
 """
 
 from ._container import Container, open_package
@@ -29,7 +30,15 @@ from ._detect import detect
 from ._errors import DetectError, FormatError
 from ._json import JSON, to_jsonable
 from ._manifest import Atom, Binding, Command, Dependency, Manifest
-from ._source import CHUNK, ByteSource, Content, ContentChanged, FileSource, MemorySource
+from ._source import (
+    CHUNK,
+    ByteSource,
+    Content,
+    ContentChanged,
+    FileSource,
+    MemorySource,
+    PiecesSource,
+)
 from ._tarball import TarballLimits
 from ._volume import DirEntry, Metadata, Volume
 
@@ -51,6 +60,7 @@ __all__ = [
     "Manifest",
     "MemorySource",
     "Metadata",
+    "PiecesSource",
     "TarballLimits",
     "Volume",
     "detect",

@@ -17,7 +17,7 @@ import os
 import threading
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from ._detect import Buffer, as_view
 from ._errors import FormatError
@@ -59,6 +59,42 @@ class MemorySource(ByteSource):
 
     def read_at(self, offset: int, size: int) -> memoryview:
         return self._view[offset : offset + size]
+
+
+class PiecesSource(ByteSource):
+    """Bytes in process memory held as pieces of ``piece_size`` bytes (the last may be shorter):
+    a read within one piece is a view, never a copy; a read across pieces is a copy of that
+    range. A package copied into memory a piece at a time is one: the copy can stop between
+    pieces, and a stream of ``piece_size`` chunks reads views only."""
+
+    __slots__ = ("_piece", "_views", "size")
+
+    def __init__(self, pieces: Sequence[Buffer], piece_size: int) -> None:
+        self._views = [as_view(piece).toreadonly() for piece in pieces]
+        if piece_size <= 0 or any(len(view) != piece_size for view in self._views[:-1]):
+            raise ValueError(f"every piece but the last must be {piece_size} bytes")
+        if self._views and not 0 < len(self._views[-1]) <= piece_size:
+            raise ValueError(f"the last piece must hold 1 to {piece_size} bytes")
+        self._piece = piece_size
+        self.size = sum(len(view) for view in self._views)
+
+    def __repr__(self) -> str:
+        return f"<PiecesSource {self.size} bytes in {len(self._views)} pieces>"
+
+    def read_at(self, offset: int, size: int) -> memoryview:
+        index, start = divmod(offset, self._piece)
+        if start + size <= self._piece and index < len(self._views):
+            return self._views[index][start : start + size]
+        if size == 0:
+            return memoryview(b"")
+        copy = bytearray(size)
+        got = 0
+        while got < size:
+            index, start = divmod(offset + got, self._piece)
+            piece = self._views[index][start : start + size - got]
+            copy[got : got + len(piece)] = piece
+            got += len(piece)
+        return memoryview(copy).toreadonly()
 
 
 class FileSource(ByteSource):
