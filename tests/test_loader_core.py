@@ -252,8 +252,11 @@ def test_a_large_package_on_disk_is_served_from_its_file_and_promoted_behind_it(
     first = loader.load(request)
     assert first.source is Source.DISK
     assert not first.package.in_memory
-    # The copy waits until no call uses the served package: another Load meanwhile shares it.
-    assert loader.load(request).package is first.package
+    # The copy waits until the first Load is done with its package; a Load meanwhile shares
+    # its parse, and holding it does not put the copy off.
+    other = loader.load(request)
+    assert other.package is not first.package
+    assert other.package.container is first.package.container
     assert not loader.settle(0)
     assert b"".join(first.package.chunks()) == data
     manifest = first.package.container.manifest
@@ -264,6 +267,7 @@ def test_a_large_package_on_disk_is_served_from_its_file_and_promoted_behind_it(
     assert second.package.in_memory
     assert second.package.container.manifest == manifest
     assert b"".join(second.package.chunks()) == data
+    assert b"".join(other.package.chunks()) == data  # still reading its file
 
 
 def test_a_small_package_on_disk_is_promoted_before_it_is_returned(

@@ -437,6 +437,8 @@ def serve(settings: Settings) -> None:
     server.stop(settings.grace_period).wait()
     if health_server is not None:
         health_server.stop(None).wait()
-    rpc_server.shutdown()
-    app.close()
+    try:
+        rpc_server.shutdown()
+    finally:
+        app.close()
     log.info("stopped")

@@ -41,8 +41,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import os
+import queue
 import tempfile
 import threading
 import time
@@ -170,6 +172,12 @@ class StoredPackage:
             ) from None
 
 
+def _another(package: StoredPackage) -> StoredPackage:
+    """Another object for the same file-backed package (its parse, source and memo shared), so
+    that each caller holds one of its own and the end of one caller's use can be seen."""
+    return dataclasses.replace(package)
+
+
 @dataclass(eq=False)
 class _DiskMemo:
     """The memo of a package the memory tier does not hold, kept across calls (each call opens
@@ -233,10 +241,10 @@ class _Promotion:
         default_factory=concurrent.futures.Future
     )
     #: Running behind a caller already served from the file: others get that caller's
-    #: package (`served`, the file parsed once) instead of waiting for the copy. It is held
-    #: weakly: the copy starts once no call uses it.
+    #: package (`served`, the file parsed once) instead of waiting for the copy; None once
+    #: the owner knows there is nothing to share (a small package, promoted first).
     behind: bool = False
-    served: concurrent.futures.Future[weakref.ref[StoredPackage] | None] = field(
+    served: concurrent.futures.Future[StoredPackage | None] = field(
         default_factory=concurrent.futures.Future
     )
 
@@ -295,8 +303,14 @@ class PackageLoader:
         self._lock = threading.Lock()
         self._promoted = threading.Condition(self._lock)  # a promotion ended
         # Promotions behind a served package: one thread, since each is a memory copy of a large
-        # package and a second would only compete for the cores the streams use.
-        self._promoter = concurrent.futures.ThreadPoolExecutor(1, "promote")
+        # package and a second would only compete for the cores the streams use. It is fed
+        # from a weakref finalizer, which may run inside any allocation of any thread (a garbage
+        # collection): SimpleQueue.put is the one hand-over safe there (no lock of ours, nor
+        # the executor's, which that thread might hold).
+        self._deferred: queue.SimpleQueue[tuple[WebcHash, _Promotion, int] | None] = (
+            queue.SimpleQueue()
+        )
+        self._promoter: threading.Thread | None = None
         # Notified whenever a download ends, for callers that wait for room in the queue.
         self._room = threading.Condition(self._lock)
         # Without a disk cache, downloads still stream to a file (never whole into memory),
@@ -437,14 +451,11 @@ class PackageLoader:
                 promotion = self._promotions[h.hex] = _Promotion()
         if not owner:
             with traces.span(traces.DISK, {traces.SHA256: h.hex}):
-                if promotion.behind:
-                    served = promotion.served.result()
-                    package = served() if served is not None else None
-                    if package is not None or served is None:
-                        return package
-                    # The served package's calls have ended and the copy is under way: read
-                    # the file meanwhile rather than wait for it.
-                    return self._reopened(h)
+                # Set by the owner as soon as it knows (a few ms): the file-backed package
+                # shared while a large package waits for its copy, else None.
+                shared = promotion.served.result()
+                if shared is not None:
+                    return _another(shared)
                 return promotion.future.result()
         behind = False
         try:
@@ -460,23 +471,32 @@ class PackageLoader:
             raise
         if not behind:
             promotion.future.set_result(package)
+            if not promotion.served.done():
+                promotion.served.set_result(None)
             self._promotion_over(h)
             return package
-        stamp = self.memory.removals
         assert package is not None
+        # The copy starts when this Load (the first) is done with its own package object:
+        # copying hundreds of MiB into fresh memory (page faults, ~0.5 ms per MiB here) while
+        # the first Load streamed took CPU that stream needed, on two cores shared with its
+        # client. Callers meanwhile get objects of their own over the same parse (`_another`),
+        # so however many keep arriving, the copy is not put off past the first.
+        mine = _another(package)
+        self._start_promoter()
+        weakref.finalize(mine, self._deferred.put, (h, promotion, self.memory.removals))
+        return mine
 
-        def start() -> None:
-            try:
-                self._promoter.submit(self._promote_behind, h, promotion, stamp)
-            except RuntimeError:  # closing: nothing more is promoted
-                promotion.future.set_result(None)
-                self._promotion_over(h)
+    def _start_promoter(self) -> None:
+        with self._lock:
+            if self._promoter is None:
+                self._promoter = threading.Thread(
+                    target=self._promote_deferred, name="promote", daemon=True
+                )
+                self._promoter.start()
 
-        # The copy waits for the calls reading this package to end: copying hundreds of MiB
-        # into fresh memory (page faults, ~0.5 ms per MiB here) while the first Load streams
-        # took CPU that stream needed, on two cores shared with its client.
-        weakref.finalize(package, start).atexit = False
-        return package
+    def _promote_deferred(self) -> None:
+        while (item := self._deferred.get()) is not None:
+            self._promote_behind(*item)
 
     def _promotion_over(self, h: WebcHash) -> None:
         with self._lock:
@@ -534,7 +554,7 @@ class PackageLoader:
                 promotion.behind = True
         if behind:
             package = self._from_file(h, source)
-            promotion.served.set_result(None if package is None else weakref.ref(package))
+            promotion.served.set_result(package)
             return package, package is not None
         try:
             return self._keep(h, source, source.size, self.disk.name(h)), False
@@ -587,12 +607,6 @@ class PackageLoader:
         if self.memory.put(h.hex, package, unless_removed_since=stamp):
             package.on_grow = lambda extra: self.memory.grow(h.hex, extra)
         return package
-
-    def _reopened(self, h: WebcHash) -> StoredPackage | None:
-        """The disk cache's file of `h` opened and parsed anew."""
-        assert self.disk is not None
-        source = self.disk.open(h)
-        return None if source is None else self._from_file(h, source)
 
     def _keep(
         self, h: WebcHash, source: formats.ByteSource, size: int, name: str | None
@@ -832,7 +846,7 @@ class PackageLoader:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._promoter.shutdown(wait=False)  # a promotion under way finishes
+        self._deferred.put(None)  # a promotion under way finishes; none starts after it
 
     # -- by URL alone (what the resolver needs) ------------------------------------------------
 
@@ -852,7 +866,7 @@ class PackageLoader:
         """
         parsed = parse_url(url)
         if parsed.scheme == "file":
-            self.fetchers.file.check(parsed)
+            self.fetchers.file.check(url)  # by the text parse_url accepted
         # "" never collides with a sha256 key of `load`.
         flight = self._flight(("", str(parsed)), lambda f: self._download_unnamed(str(parsed), f))
         download = self._await(flight, alive, timeout)

@@ -319,6 +319,9 @@ def test_pieces_source_reads_views_within_a_piece_and_copies_across() -> None:
     chunked = formats.PiecesSource([raw[i : i + 65536] for i in range(0, len(raw), 65536)], 65536)
     with open_package(chunked) as from_pieces, open_package(raw) as from_bytes:
         assert from_pieces.manifest == from_bytes.manifest
+    for offset, size in ((len(data) - 2, 4), (len(data) + 3, 1), (-1, 2)):
+        with pytest.raises(ValueError, match="outside"):
+            source.read_at(offset, size)
     with pytest.raises(ValueError, match="every piece but the last"):
         formats.PiecesSource([b"ab", b"c", b"d"], 2)
     with pytest.raises(ValueError, match="the last piece"):

@@ -82,6 +82,8 @@ class PiecesSource(ByteSource):
         return f"<PiecesSource {self.size} bytes in {len(self._views)} pieces>"
 
     def read_at(self, offset: int, size: int) -> memoryview:
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise ValueError(f"[{offset}, {offset + size}) is outside {self.size} bytes")
         index, start = divmod(offset, self._piece)
         if start + size <= self._piece and index < len(self._views):
             return self._views[index][start : start + size]

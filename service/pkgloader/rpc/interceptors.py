@@ -14,6 +14,7 @@ runs on the business thread pool a step at a time (`rpc.blocking`).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import itertools
 import logging
@@ -433,6 +434,7 @@ class _End:
         "call",
         "closing",
         "code",
+        "context",
         "interceptor",
         "items",
         "method",
@@ -454,6 +456,8 @@ class _End:
         self.closing: asyncio.Task[None] | None = None
         #: why the watch ended the call (its status details), once it has
         self.stalled: str | None = None
+        #: the call's context (its record, its span), for closing it from the watch's timer
+        self.context = contextvars.copy_context()
 
     async def close(self) -> None:
         """Close the behaviour (its `finally` blocks run), once."""
@@ -470,7 +474,9 @@ class _End:
         self.code = "CANCELLED"
         self.stalled = error.message
         items, self.items = self.items, None
-        self.closing = asyncio.get_running_loop().create_task(self._expired(items))
+        self.closing = asyncio.get_running_loop().create_task(
+            self._expired(items), context=self.context
+        )
 
     async def _expired(self, items: AsyncIterator[Any] | None) -> None:
         try:
@@ -516,7 +522,10 @@ class _SendWatch:
     def waiting(self, end: _End) -> None:
         self._waiting[end] = time.monotonic()
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._tick, self._sweep)
+            # In a context of its own: not the call's that happened to arm it.
+            self._timer = asyncio.get_running_loop().call_later(
+                self._tick, self._sweep, context=contextvars.Context()
+            )
 
     def sent(self, end: _End) -> None:
         self._waiting.pop(end, None)
@@ -530,7 +539,9 @@ class _SendWatch:
             del self._waiting[end]
             end.expire(_send_stalled(self.timeout))
         if self._waiting:
-            self._timer = asyncio.get_running_loop().call_later(self._tick, self._sweep)
+            self._timer = asyncio.get_running_loop().call_later(
+                self._tick, self._sweep, context=contextvars.Context()
+            )
 
 
 def _as_bytes(item: Any) -> bytes:
