@@ -78,8 +78,8 @@ from pkgloader.policy import CallerRole, HashPolicy, Source
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
-#: Packages this large are promoted from disk to memory once the Loads that find them have
-#: ended (they stream from the file); smaller ones are promoted first, a copy of a few ms.
+#: Packages this large are promoted from disk to memory once the first Load that finds them is
+#: done (it streams from the file); smaller ones are promoted first, a copy of a few ms.
 BACKGROUND_PROMOTION = 16 << 20
 
 
@@ -436,12 +436,12 @@ class PackageLoader:
         """The package from the disk cache, promoted to memory when it fits; one promotion per
         hash at a time. A small package is promoted before it is returned, and callers that
         arrive meanwhile share that promotion. A large one (`BACKGROUND_PROMOTION` bytes or
-        more) is returned reading from its file at once, and promoted once no call uses that
-        file-backed package any more: copying it whole before the first chunk left made the
-        first Load after an Evict a third as fast as a memory stream, and copying it while that
-        Load streamed still cost it half its speed (fresh memory is page-faulted in). Meanwhile
-        other callers share the file-backed package (one parse, as the hardening issue's bound
-        on concurrent first Loads requires) instead of waiting."""
+        more) is returned reading from its file at once, and promoted once that first Load is
+        done with it: copying it whole before the first chunk left made the first Load after an
+        Evict a third as fast as a memory stream, and copying it while that Load streamed still
+        cost it half its speed (fresh memory is page-faulted in). Meanwhile other callers share
+        its parse (one parse, as the hardening issue's bound on concurrent first Loads
+        requires) instead of waiting."""
         if self.disk is None:
             return None
         with self._lock:
