@@ -3,6 +3,7 @@ cache, kept outside the domain object and charged to the memory tier."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,12 +66,14 @@ class _Messages(PackageLoaderServicer):
             yield pb.LoadResponse.FromString(item)
 
 
-@pytest.fixture
-def built(tmp_path: Path) -> Iterator[tuple[app_module.App, wire.MetadataCache, Any]]:
-    """The production server with a servicer whose metadata cache the test can see."""
+@contextlib.contextmanager
+def _served(
+    tmp_path: Path, kind: type[PackageLoaderServicer]
+) -> Iterator[tuple[app_module.App, wire.MetadataCache, Any]]:
+    """The production server with a servicer of `kind` whose metadata cache the test can see."""
     app = app_module.build(test_settings(tmp_path))
     cache = wire.MetadataCache()
-    servicer = _Messages(app.loader, app.maintenance, wire=cache)
+    servicer = kind(app.loader, app.maintenance, wire=cache)
     server, port = app_module.create_server(app, servicer=servicer)
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -80,6 +83,12 @@ def built(tmp_path: Path) -> Iterator[tuple[app_module.App, wire.MetadataCache, 
         channel.close()
         server.stop(None).wait()
         app.close()
+
+
+@pytest.fixture
+def built(tmp_path: Path) -> Iterator[tuple[app_module.App, wire.MetadataCache, Any]]:
+    with _served(tmp_path, _Messages) as parts:
+        yield parts
 
 
 def test_a_servicer_that_yields_messages_is_served_the_same(
@@ -123,14 +132,7 @@ def test_a_memory_hit_reuses_its_whole_message_per_package_id(tmp_path: Path) ->
     """Warm Loads (the production servicer's memory-hit path) answer from one kept message per
     package: the same bytes again for the same package_id, rebuilt for another one, and charged
     to the memory tier once, whichever id it holds."""
-    app = app_module.build(test_settings(tmp_path))
-    cache = wire.MetadataCache()
-    servicer = PackageLoaderServicer(app.loader, app.maintenance, wire=cache)
-    server, port = app_module.create_server(app, servicer=servicer)
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        stub = PackageLoaderServiceStub(channel)
+    with _served(tmp_path, PackageLoaderServicer) as (app, cache, stub):
 
         def package(package_id: str) -> Any:
             request = load_request(DASH.url, DASH.sha256)
@@ -158,7 +160,3 @@ def test_a_memory_hit_reuses_its_whole_message_per_package_id(tmp_path: Path) ->
         assert app.loader.memory.charge_of(DASH.sha256) == charged
         assert package("x" * 200).package_id == "x" * 200  # too long to keep, still answered
         assert app.loader.memory.charge_of(DASH.sha256) == charged
-    finally:
-        channel.close()
-        server.stop(None).wait()
-        app.close()
