@@ -583,11 +583,7 @@ class PackageLoader:
         if not self.memory.admits(size):
             return None
         # One read into process memory; the file is closed when `source` goes.
-        data = formats.MemorySource(source.read_at(0, size))
-        package = StoredPackage(h, size, data, _parse(h.hex, data, size), name)
-        if self.memory.put(h.hex, package, unless_removed_since=stamp):
-            package.on_grow = lambda extra: self.memory.grow(h.hex, extra)
-        return package
+        return self._admitted(h, formats.MemorySource(source.read_at(0, size)), name, stamp)
 
     def _admit_pieces(
         self, h: WebcHash, source: formats.FileSource, name: str | None, stamp: int
@@ -602,8 +598,14 @@ class PackageLoader:
             if self.memory.removals != stamp:
                 return None
             pieces.append(source.read_at(start, min(CHUNK, size - start)))
-        data = formats.PiecesSource(pieces, CHUNK)
-        package = StoredPackage(h, size, data, _parse(h.hex, data, size), name)
+        return self._admitted(h, formats.PiecesSource(pieces, CHUNK), name, stamp)
+
+    def _admitted(
+        self, h: WebcHash, data: formats.ByteSource, name: str | None, stamp: int | None
+    ) -> StoredPackage:
+        """A verified package's bytes in process memory, parsed there and offered to the memory
+        tier (refused when something was removed since `stamp`)."""
+        package = StoredPackage(h, data.size, data, _parse(h.hex, data, data.size), name)
         if self.memory.put(h.hex, package, unless_removed_since=stamp):
             package.on_grow = lambda extra: self.memory.grow(h.hex, extra)
         return package
