@@ -604,7 +604,7 @@ class PackageLoader:
         self, h: WebcHash, data: formats.ByteSource, name: str | None, stamp: int | None
     ) -> StoredPackage:
         """A verified package's bytes in process memory, parsed there and offered to the memory
-        tier (refused when something was removed since `stamp`)."""
+        tier (refused when something was removed since `stamp`; with no `stamp`, offered as is)."""
         package = StoredPackage(h, data.size, data, _parse(h.hex, data, data.size), name)
         if self.memory.put(h.hex, package, unless_removed_since=stamp):
             package.on_grow = lambda extra: self.memory.grow(h.hex, extra)
