@@ -14,8 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
+import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pkgloader_client import PackageLoaderServiceStub
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO, wait_until
 
@@ -32,6 +34,19 @@ class Replica:
     proc: subprocess.Popen[bytes]
     channel: grpc.Channel
     stub: PackageLoaderServiceStub
+    #: the replica's /metrics port, when `replicas(..., metrics=True)` started it with one
+    metrics_port: int | None = None
+
+    def metric(self, family: str) -> float:
+        """The summed samples of the metric family `family` on the replica's /metrics."""
+        assert self.metrics_port is not None, "started without metrics"
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        return sum(
+            sample.value
+            for found in text_string_to_metric_families(text)
+            if found.name == family
+            for sample in found.samples
+        )
 
     def wait_serving(self, timeout: float = 20) -> None:
         health = health_pb2_grpc.HealthStub(self.channel)
@@ -54,12 +69,18 @@ class Replica:
 
 
 @contextmanager
-def replicas(cache: Path, count: int, **env: str) -> Iterator[list[Replica]]:
-    """`count` server processes on 127.0.0.1 (different ports) sharing the folder `cache`."""
+def replicas(
+    cache: Path, count: int, *, metrics: bool = False, **env: str
+) -> Iterator[list[Replica]]:
+    """`count` server processes on 127.0.0.1 (different ports) sharing the folder `cache`;
+    with `metrics`, each serves /metrics on a port of its own (`Replica.metric`)."""
     started: list[Replica] = []
     try:
         for _ in range(count):
             port = free_port()
+            metrics_port = free_port() if metrics else None
+            if metrics_port is not None:
+                env = {**env, "PKGLOADER_METRICS_LISTEN": f"127.0.0.1:{metrics_port}"}
             environment = dict(
                 os.environ,
                 PKGLOADER_LISTEN=f"127.0.0.1:{port}",
@@ -77,7 +98,9 @@ def replicas(cache: Path, count: int, **env: str) -> Iterator[list[Replica]]:
                 stderr=subprocess.DEVNULL,
             )
             channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-            started.append(Replica(port, proc, channel, PackageLoaderServiceStub(channel)))
+            started.append(
+                Replica(port, proc, channel, PackageLoaderServiceStub(channel), metrics_port)
+            )
         for replica in started:
             replica.wait_serving()
         yield started

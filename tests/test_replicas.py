@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 from pkgloader_client import pb
 
-from tests.conftest import COWSAY, DASH, HELLO, WABT, load_request
+from tests.conftest import COWSAY, DASH, HELLO, WABT, load_request, wait_until
 from tests.replicas import replicas, upstream
 
 
@@ -22,17 +22,26 @@ def load(replica, url: str, sha: str) -> tuple[pb.Package, bytes]:
 
 
 def test_concurrent_loads_on_three_replicas_make_one_upstream_request(tmp_path: Path) -> None:
-    """The same uncached package asked of 3 replicas at once is downloaded exactly once."""
-    with upstream({"wabt": WABT.data}) as up:
-        up.before_body = lambda n: time.sleep(1.0)  # the others arrive during the download
-        with replicas(tmp_path / "cache", 3) as nodes, ThreadPoolExecutor(9) as pool:
+    """The same uncached package asked of 3 replicas at once is downloaded exactly once: the
+    body is held until both other replicas wait on the first one's download lease."""
+    with replicas(tmp_path / "cache", 3, metrics=True) as nodes:
+        others_waiting = threading.Event()
+
+        def hold_body(number: int) -> None:
+            # Whichever replica took the lease is downloading; the other two must be waiting.
+            if wait_until(lambda: sum(n.metric("pkgloader_lease_waits") for n in nodes) >= 2, 30):
+                others_waiting.set()
+
+        with upstream({"wabt": WABT.data}) as up, ThreadPoolExecutor(9) as pool:
+            up.before_body = hold_body
             calls = [
                 pool.submit(load, node, up.url("wabt"), WABT.sha256)
                 for node in nodes
                 for _ in range(3)
             ]
             results = [c.result(timeout=60) for c in calls]
-        assert up.requests == ["wabt"]
+            assert up.requests == ["wabt"]
+    assert others_waiting.is_set(), "the other replicas never waited on the lease"
     assert all(content == WABT.data for _, content in results)
     sources = {p.source for p, _ in results}
     assert pb.SOURCE_DOWNLOAD in sources
