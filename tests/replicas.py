@@ -34,12 +34,10 @@ class Replica:
     proc: subprocess.Popen[bytes]
     channel: grpc.Channel
     stub: PackageLoaderServiceStub
-    #: the replica's /metrics port, when `replicas(..., metrics=True)` started it with one
-    metrics_port: int | None = None
+    metrics_port: int
 
     def metric(self, family: str) -> float:
         """The summed samples of the metric family `family` on the replica's /metrics."""
-        assert self.metrics_port is not None, "started without metrics"
         text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
         return sum(
             sample.value
@@ -69,22 +67,19 @@ class Replica:
 
 
 @contextmanager
-def replicas(
-    cache: Path, count: int, *, metrics: bool = False, **env: str
-) -> Iterator[list[Replica]]:
-    """`count` server processes on 127.0.0.1 (different ports) sharing the folder `cache`;
-    with `metrics`, each serves /metrics on a port of its own (`Replica.metric`)."""
+def replicas(cache: Path, count: int, **env: str) -> Iterator[list[Replica]]:
+    """`count` server processes on 127.0.0.1 (different ports) sharing the folder `cache`,
+    each with its /metrics on a port of its own (`Replica.metric`)."""
     started: list[Replica] = []
     try:
         for _ in range(count):
             port = free_port()
-            metrics_port = free_port() if metrics else None
-            if metrics_port is not None:
-                env = {**env, "PKGLOADER_METRICS_LISTEN": f"127.0.0.1:{metrics_port}"}
+            metrics_port = free_port()
             environment = dict(
                 os.environ,
                 PKGLOADER_LISTEN=f"127.0.0.1:{port}",
                 PKGLOADER_CACHE_DIR=str(cache),
+                PKGLOADER_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
                 PKGLOADER_LOG_LEVEL="WARNING",
                 # The upstreams of these tests live on loopback, which the SSRF guard refuses
                 # unless allowed.

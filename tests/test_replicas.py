@@ -24,7 +24,7 @@ def load(replica, url: str, sha: str) -> tuple[pb.Package, bytes]:
 def test_concurrent_loads_on_three_replicas_make_one_upstream_request(tmp_path: Path) -> None:
     """The same uncached package asked of 3 replicas at once is downloaded exactly once: the
     body is held until both other replicas wait on the first one's download lease."""
-    with replicas(tmp_path / "cache", 3, metrics=True) as nodes:
+    with replicas(tmp_path / "cache", 3) as nodes:
         others_waiting = threading.Event()
 
         def hold_body(number: int) -> None:
