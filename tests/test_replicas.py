@@ -28,8 +28,12 @@ def test_concurrent_loads_on_three_replicas_make_one_upstream_request(tmp_path: 
         others_waiting = threading.Event()
 
         def hold_body(number: int) -> None:
-            # Whichever replica took the lease is downloading; the other two must be waiting.
-            if wait_until(lambda: sum(n.metric("pkgloader_lease_waits") for n in nodes) >= 2, 30):
+            # Whichever replica took the lease is downloading; each of the other two must be
+            # waiting on it (counted per replica: two waits in one would prove nothing).
+            def both_wait() -> bool:
+                return sum(n.metric("pkgloader_lease_waits") >= 1 for n in nodes) == 2
+
+            if wait_until(both_wait, 30):
                 others_waiting.set()
 
         with upstream({"wabt": WABT.data}) as up, ThreadPoolExecutor(9) as pool:
