@@ -27,12 +27,13 @@ T = TypeVar("T")
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
+_thread: threading.Thread | None = None
 
 
 def loop() -> asyncio.AbstractEventLoop:
     """The process's gRPC event loop, running on a daemon thread of its own (started on first
-    use, never stopped: it has nothing to do once the servers on it have stopped)."""
-    global _loop
+    use, stopped only by `shutdown`, when the process is about to exit)."""
+    global _loop, _thread
     with _lock:
         if _loop is None:
             new = asyncio.new_event_loop()
@@ -43,19 +44,27 @@ def loop() -> asyncio.AbstractEventLoop:
                 new.call_soon(ready.set)
                 new.run_forever()
 
-            threading.Thread(target=run, name="grpc-loop", daemon=True).start()
+            thread = threading.Thread(target=run, name="grpc-loop", daemon=True)
+            thread.start()
             ready.wait()
-            _loop = new
+            _loop, _thread = new, thread
         return _loop
 
 
 def shutdown(timeout: float = 5.0) -> None:
     """Stop the process's gRPC loop, once every server on it has stopped (a process about to
     exit). The tasks still on it (grpcio's own, winding down) are cancelled and awaited first:
-    a task destroyed pending at interpreter exit is logged as an error after our last line."""
-    global _loop
+    a task destroyed pending at interpreter exit is logged as an error after our last line.
+
+    Returns once the loop has stopped (its thread joined), not merely asked to: a loop still
+    running while the caller goes on to close the app and exit can run a handle that another
+    thread cancels at that moment (asyncio's handles are not thread-safe), which fails as
+    "Exception in callback None() handle: <Handle cancelled>", logged after our "stopped" (seen
+    once in CI's SIGTERM test). On a stopped loop a cancelled handle never runs."""
+    global _loop, _thread
     with _lock:
         running, _loop = _loop, None
+        thread, _thread = _thread, None
     if running is None:
         return
 
@@ -70,6 +79,8 @@ def shutdown(timeout: float = 5.0) -> None:
         asyncio.run_coroutine_threadsafe(drain(), running).result(timeout + 1)
     finally:
         running.call_soon_threadsafe(running.stop)
+        if thread is not None:
+            thread.join(timeout)
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
