@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from pkgloader import app as app_module
 from pkgloader.errors import (
+    CacheFileChanged,
     Cancelled,
     DeadlineExceeded,
     HashMismatch,
@@ -304,3 +305,37 @@ def test_an_evict_during_a_promotion_behind_a_load_wins(
     assert loader.load(request).source is Source.DISK  # and the next Load promotes it again
     assert loader.settle(60)
     assert sha in loader.memory
+
+
+def test_views_of_a_package_on_disk_reuse_one_buffer_and_fail_when_the_file_shrinks(
+    make_loader: Callable[..., PackageLoader], tmp_path: Path
+) -> None:
+    """A file-backed package's `views` are its bytes, each chunk read into the same buffer
+    (fresh 1 MiB buffers page-faulted on every chunk); a file truncated mid-stream ends them
+    with CacheFileChanged, as `chunks` does. In memory, `views` are the pieces themselves."""
+    loader = make_loader(memory_cache_bytes=128 << 20)
+    assert loader.disk is not None
+    data = writer.write_v1({"package": {}}, {"big": os.urandom(BACKGROUND_PROMOTION)}, {})
+    sha = hashlib.sha256(data).hexdigest()
+    path = loader.disk.path(WebcHash(sha))
+    path.write_bytes(data)
+    request = LoadRequest((tmp_path / "files" / "absent.webc").as_uri(), sha)  # never fetched
+
+    package = loader.load(request).package
+    assert not package.in_memory
+    buffers, received = set(), bytearray()
+    for view in package.views(1 << 20):
+        assert isinstance(view, memoryview)
+        buffers.add(id(view.obj))
+        received += view
+    assert bytes(received) == data
+    assert len(data) > 2 << 20  # several chunks, all in one buffer
+    assert len(buffers) == 1
+
+    views = package.views(1 << 20)
+    next(views)
+    os.truncate(path, 1 << 20)
+    with pytest.raises(CacheFileChanged):
+        list(views)
+    del package
+    loader.settle(60)  # the promotion behind the Load found a shorter file: it does not parse

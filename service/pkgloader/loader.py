@@ -156,9 +156,32 @@ class StoredPackage:
         """The package bytes in order, `size` at a time (views when in memory, else one read
         into a buffer of `size` each). Raises `CacheFileChanged` if the file shrinks."""
         source = self.source
-        try:
+        with self._reading():
             for start in range(0, self.size, size):
                 yield source.read_at(start, min(size, self.size - start))
+
+    def views(self, size: int = CHUNK) -> Iterator[bytes | memoryview]:
+        """As `chunks`, but a file is read into one buffer, again for each chunk: a view is
+        valid only until the next is asked for (a consumer that copies each at once, as the
+        wire's framing does). A read into a fresh 1 MiB buffer page-faults most of its pages
+        (each of the pool's threads allocates from an arena of its own): eight first Loads of
+        256 MiB after an Evict cost the server 248,677 page faults and 2.13 s of CPU that way,
+        44,468 and 1.31 s reading into one buffer (perf stat, same machine, same hour)."""
+        if self.in_memory:
+            yield from self.chunks(size)
+            return
+        source = self.source
+        buffer = memoryview(bytearray(min(size, self.size)))
+        with self._reading():
+            for start in range(0, self.size, size):
+                view = buffer[: min(size, self.size - start)]
+                source.read_into(start, view)
+                yield view
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        try:
+            yield
         except formats.ContentChanged as exc:
             log.warning(
                 "cache file changed while it was served",

@@ -326,3 +326,32 @@ def test_pieces_source_reads_views_within_a_piece_and_copies_across() -> None:
         formats.PiecesSource([b"ab", b"c", b"d"], 2)
     with pytest.raises(ValueError, match="the last piece"):
         formats.PiecesSource([b"ab", b""], 2)
+
+
+def test_read_into_fills_a_reused_buffer_from_every_kind_of_source(tmp_path: Path) -> None:
+    """`read_into` fills the caller's buffer with the bytes `read_at` returns, from a file, from
+    memory and from pieces; a file that ends before the buffer is full raises ContentChanged and
+    names the missing range."""
+    data = os.urandom(10_000)
+    path = tmp_path / "data.bin"
+    path.write_bytes(data)
+    pieces = [data[i : i + 4096] for i in range(0, len(data), 4096)]
+    sources = [
+        formats.FileSource.open(path),
+        formats.MemorySource(data),
+        formats.PiecesSource(pieces, 4096),
+    ]
+    buffer = memoryview(bytearray(5000))
+    for source in sources:
+        for offset in (0, 4000, 5000):
+            buffer[:] = b"\0" * len(buffer)
+            source.read_into(offset, buffer)
+            assert bytes(buffer) == data[offset : offset + 5000], (source, offset)
+    file_source = sources[0]
+    assert isinstance(file_source, formats.FileSource)
+    os.truncate(path, 7000)
+    with pytest.raises(formats.ContentChanged, match=r"\[7000, 10000\) are gone"):
+        file_source.read_into(5000, buffer)
+    file_source.close()
+    with pytest.raises(ValueError, match="closed"):
+        file_source.read_into(0, buffer)

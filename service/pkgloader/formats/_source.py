@@ -12,6 +12,7 @@ memory, whatever the size), ``sha256()`` (streaming) and ``read()`` (all of it, 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -40,6 +41,11 @@ class ByteSource(ABC):
     def read_at(self, offset: int, size: int) -> bytes | memoryview:
         """Exactly ``size`` bytes at ``offset`` (the caller stays in bounds); a read-only view
         when the bytes are in memory already. Raises ``ContentChanged`` on a short read."""
+
+    def read_into(self, offset: int, buffer: memoryview) -> None:
+        """Fill ``buffer`` (writable) with the ``len(buffer)`` bytes at ``offset``: one copy,
+        into memory the caller reuses. Raises ``ContentChanged`` on a short read."""
+        buffer[:] = self.read_at(offset, len(buffer))
 
     def close(self) -> None:  # noqa: B027 - optional: only a source holding a resource has one
         """Release what the source holds (an open file); reads afterwards raise ValueError."""
@@ -131,28 +137,38 @@ class FileSource(ByteSource):
             raise
 
     def read_at(self, offset: int, size: int) -> bytes | memoryview:
+        with self._reading():
+            first = os.pread(self._fd, size, offset)
+            if len(first) == size:
+                return first  # the usual case: one call, one buffer, no further copy
+            # A short read: a signal, a huge request, or the file ending early. Go on into one
+            # buffer of the requested size; only end-of-file (a read of 0 bytes) is an error.
+            view = memoryview(bytearray(size))
+            view[: len(first)] = first
+            self._fill(offset, view, len(first))
+            return view.toreadonly()
+
+    def read_into(self, offset: int, buffer: memoryview) -> None:
+        with self._reading():
+            self._fill(offset, buffer, 0)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
         with self._lock:
             if not self._finalizer.alive:
                 raise ValueError("read from a closed package file")
             self._readers += 1
         try:
-            return self._read(offset, size)
+            yield
         finally:
             with self._lock:
                 self._readers -= 1
                 if not self._readers:
                     self._idle.notify_all()
 
-    def _read(self, offset: int, size: int) -> bytes | memoryview:
-        first = os.pread(self._fd, size, offset)
-        if len(first) == size:
-            return first  # the usual case: one call, one buffer, no further copy
-        # A short read: a signal, a huge request, or the file ending early. Go on into one
-        # buffer of the requested size; only end-of-file (a read of 0 bytes) is an error.
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        view[: len(first)] = first
-        got = len(first)
+    def _fill(self, offset: int, view: memoryview, got: int) -> None:
+        """Read into ``view[got:]`` the bytes from ``offset + got`` until it is full."""
+        size = len(view)
         while got < size:
             n = os.preadv(self._fd, [view[got:]], offset + got)
             if n == 0:
@@ -163,7 +179,6 @@ class FileSource(ByteSource):
                     f"it was {self.size} when opened)"
                 )
             got += n
-        return view.toreadonly()
 
     @property
     def closed(self) -> bool:

@@ -107,7 +107,8 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
         # Ready-made LoadResponse bytes (rpc.wire): the kept metadata, then framed chunks.
         yield self._wire.package_message(result, request.summary.package_id)
         if request.include_content:
-            yield from wire.chunk_messages(result.package.chunks(CHUNK))
+            # Views of one buffer read again for each chunk: framing copies each at once.
+            yield from wire.chunk_messages(result.package.views(CHUNK))
             calls.current().sent_bytes = result.package.size
 
     @staticmethod
