@@ -1,13 +1,21 @@
-"""Where a warm Load's time goes: `pkgloader serve` under cProfile, on every thread, under load.
+"""Where a warm Load's time goes: `pkgloader serve` profiled under load.
 
-    python -m bench.profile_warm [--seconds 5] [--top 35] [--sort tottime|cumulative]
+    python -m bench.profile_warm [--sampler cprofile|py-spy] [--seconds 5] [--top 35]
+                                 [--sort tottime|cumulative]
 
-Starts `pkgloader serve` (its defaults: INFO access log, metrics observer) in a child process
-whose every thread runs under its own `cProfile.Profile` (grpcio's workers are Python threads,
-and cProfile alone sees only the thread that enabled it), drives warm Loads (a memory hit,
-metadata only) with the plain Python client (one grpc.aio process, 64 in flight on one
-channel), stops the server and prints the merged profile. cProfile slows the server down
-several times over and charges small functions most: read the shares, not the rate.
+Drives warm Loads (a memory hit, metadata only) with the plain Python client (one grpc.aio
+process, 64 in flight on one channel) against `pkgloader serve` with its defaults (INFO access
+log, metrics observer), and prints where the server's time went.
+
+- `cprofile` (the default): the server runs with every thread under its own `cProfile.Profile`
+  (cProfile alone sees only the thread that enabled it), and the merged profile is printed.
+  cProfile slows the server down several times over and charges small functions most: read
+  the shares, not the rate.
+- `py-spy`: the server runs as it is, and py-spy samples it from outside (400 Hz); printed are
+  the gRPC loop thread's functions by the share of its samples they were on top of the stack
+  (self) or anywhere in it (inclusive), and its busy time per call. grpcio's Cython shows as
+  the Python frame it runs under (`Handle._run` for its callbacks, our `_written` for a write).
+  Needs ptrace rights over the server (root, or kernel.yama.ptrace_scope 0).
 
 Not one of `python -m bench`'s benchmarks: a tool for finding what to cut.
 """
@@ -16,9 +24,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import cProfile
 import os
 import pstats
+import re
+import shutil
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -77,18 +89,7 @@ def _serve_profiled(out: Path) -> int:
     return code
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.profile_warm", description=__doc__)
-    parser.add_argument("--serve-profiled", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--top", type=int, default=35)
-    parser.add_argument("--sort", default="tottime", choices=["tottime", "cumulative"])
-    args = parser.parse_args()
-    if args.serve_profiled:
-        sys.exit(_serve_profiled(args.serve_profiled))
-    OUT.mkdir(parents=True, exist_ok=True)
-    stats_file = OUT / "warm.pstats"
-    port = free_port()
+def _server_env(port: int) -> dict[str, str]:
     env = base_env()
     env.update(
         {
@@ -98,6 +99,39 @@ def main() -> None:
             "PKGLOADER_FILE_ROOTS": str(FIXTURES),
         }
     )
+    return env
+
+
+def _client_spec(port: int, request: bytes, seconds: float) -> dict[str, object]:
+    return {
+        "mode": "rate",
+        "target": f"127.0.0.1:{port}",
+        "method": LOAD,
+        "request": base64.b64encode(request).decode(),
+        "concurrency": 64,
+        "channels": 1,
+        "warmup": 0.5,
+        "duration": seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile_warm", description=__doc__)
+    parser.add_argument("--serve-profiled", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--top", type=int, default=35)
+    parser.add_argument("--sort", default="tottime", choices=["tottime", "cumulative"])
+    parser.add_argument("--sampler", default="cprofile", choices=["cprofile", "py-spy"])
+    args = parser.parse_args()
+    if args.serve_profiled:
+        sys.exit(_serve_profiled(args.serve_profiled))
+    if args.sampler == "py-spy":
+        _sampled(args.seconds, args.top)
+        return
+    OUT.mkdir(parents=True, exist_ok=True)
+    stats_file = OUT / "warm.pstats"
+    port = free_port()
+    env = _server_env(port)
     request = load_request(WABT.as_uri(), WABT_SHA256, content=False)
     proc = Proc(
         [PYTHON, "-m", "bench.profile_warm", "--serve-profiled", str(stats_file)],
@@ -109,19 +143,7 @@ def main() -> None:
         wait_serving(port, proc)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             list(channel.unary_stream(LOAD)(request, timeout=60))
-        answer = run_client(
-            {
-                "mode": "rate",
-                "target": f"127.0.0.1:{port}",
-                "method": LOAD,
-                "request": base64.b64encode(request).decode(),
-                "concurrency": 64,
-                "channels": 1,
-                "warmup": 0.5,
-                "duration": args.seconds,
-            },
-            cpus=None,
-        )
+        answer = run_client(_client_spec(port, request, args.seconds), cpus=None)
     finally:
         proc.stop(timeout=60)
     print(
@@ -129,6 +151,72 @@ def main() -> None:
     )
     stats = pstats.Stats(str(stats_file))
     stats.strip_dirs().sort_stats(args.sort).print_stats(args.top)
+
+
+#: py-spy's sampling rate (per second): one sample per 2.5 ms of the loop's time
+_RATE = 400
+#: a frame as py-spy's raw format writes it: "function (file:line)"
+_LINE = re.compile(r":\d+\)$")
+
+
+def _sampled(seconds: float, top: int) -> None:
+    """`pkgloader serve` as it is, sampled by py-spy while the client drives warm Loads."""
+    spy = shutil.which("py-spy", path=str(Path(PYTHON).parent)) or shutil.which("py-spy")
+    if spy is None:
+        sys.exit("py-spy is not installed (it is in the dev dependencies: make test installs it)")
+    OUT.mkdir(parents=True, exist_ok=True)
+    raw = OUT / "warm-py-spy.txt"
+    port = free_port()
+    request = load_request(WABT.as_uri(), WABT_SHA256, content=False)
+    proc = Proc(
+        [str(Path(PYTHON).parent / "pkgloader"), "serve"],
+        _server_env(port),
+        OUT / "profile-server.log",
+        cpus=None,
+    )
+    try:
+        wait_serving(port, proc)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            list(channel.unary_stream(LOAD)(request, timeout=60))
+        sampler = subprocess.Popen(
+            [
+                *(spy, "record", "--rate", str(_RATE), "--duration", str(int(seconds))),
+                *("--pid", str(proc.pid), "--format", "raw", "--output", str(raw)),
+                *("--threads", "--nonblocking"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        answer = run_client(_client_spec(port, request, seconds), cpus=None)
+        _, errors = sampler.communicate(timeout=seconds + 60)
+        if sampler.returncode != 0:
+            sys.exit(f"py-spy failed: {errors.decode(errors='replace').strip()}")
+    finally:
+        proc.stop(timeout=60)
+    calls = answer["count"]
+    print(f"{calls / seconds:,.0f} Loads/s while sampled, {os.cpu_count()} cores")
+    own: collections.Counter[str] = collections.Counter()
+    anywhere: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if "grpc-loop" not in frames[0]:  # "thread (tid): name"
+            continue
+        n = int(count)
+        samples += n
+        names = [_LINE.sub(")", frame) for frame in frames[1:]] or ["(no Python frame)"]
+        own[names[-1]] += n
+        for name in set(names):
+            anywhere[name] += n
+    if not samples:
+        sys.exit("py-spy took no sample of the grpc-loop thread")
+    busy_us = samples / _RATE / calls * 1e6 if calls else 0.0
+    print(f"grpc-loop thread: {samples} samples, busy {busy_us:.0f} µs per call (client's count)")
+    for title, counter in (("self", own), ("inclusive", anywhere)):
+        print(f"--- {title}")
+        for name, n in counter.most_common(top):
+            print(f"{n * 100 / samples:5.1f}%  {name}")
 
 
 if __name__ == "__main__":

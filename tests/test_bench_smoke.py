@@ -39,3 +39,21 @@ def test_bench_quick_pass_writes_results(tmp_path: Path) -> None:
     assert "| 8 | Open + list wabt (3.4 MB), mapped file |" in text
     assert "Did not complete" not in text
     assert not (tmp_path / "w" / "data").exists(), "generated packages are cleaned up"
+
+
+def test_the_sampling_profiler_reports_the_loop_threads_functions() -> None:
+    """`python -m bench.profile_warm --sampler py-spy` samples a running `pkgloader serve` under
+    warm Loads and prints the gRPC loop thread's functions, ours among them."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.profile_warm", "--sampler", "py-spy", "--seconds", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "grpc-loop thread:" in done.stdout
+    assert "CallInterceptor._wrap_stream.<locals>.stream (pkgloader/rpc/interceptors.py)" in (
+        done.stdout
+    )
