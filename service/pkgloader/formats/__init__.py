@@ -21,7 +21,8 @@ Content handles. ``Container.get_atom(name)``, ``Container.atoms()`` and
 A handle keeps its source alive; reading it after ``Container.close()`` of a package opened
 from a path raises ``ValueError``. Sources: ``FileSource(fd)`` / ``FileSource.open(path)``,
 ``MemorySource(bytes)`` and ``PiecesSource(pieces, piece_size)`` (memory in equal pieces), each a
-``ByteSource`` (``read_at(offset, size)``, exact or ``ContentChanged``); ``open_package``
+``ByteSource`` (``read_at(offset, size)``, exact or ``ContentChanged``, and
+``read_into(offset, buffer)``, the same into memory the caller reuses); ``open_package``
 accepts a path, bytes or a ``ByteSource``.
 """
 
