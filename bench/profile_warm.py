@@ -11,11 +11,13 @@ log, metrics observer), and prints where the server's time went.
   (cProfile alone sees only the thread that enabled it), and the merged profile is printed.
   cProfile slows the server down several times over and charges small functions most: read
   the shares, not the rate.
-- `py-spy`: the server runs as it is, and py-spy samples it from outside (400 Hz); printed are
-  the gRPC loop thread's functions by the share of its samples they were on top of the stack
-  (self) or anywhere in it (inclusive), and its busy time per call. grpcio's Cython shows as
-  the Python frame it runs under (`Handle._run` for its callbacks, our `_written` for a write).
-  Needs ptrace rights over the server (root, or kernel.yama.ptrace_scope 0).
+- `py-spy`: the server runs as it is, and py-spy samples it from outside (400 Hz, without
+  stopping it); printed are the gRPC loop thread's functions by the share of its samples they
+  were on top of the stack (self) or anywhere in it (inclusive). grpcio's Cython shows as the
+  Python frame it runs under (`Handle._run` for its callbacks, our `_written` for a write).
+  Sampling without stopping the process yields some partial stacks, so inclusive shares of the
+  outer frames are a little low. Needs ptrace rights over the server: CAP_SYS_PTRACE (root on
+  this project's machines), or the same user with kernel.yama.ptrace_scope 0.
 
 Not one of `python -m bench`'s benchmarks: a tool for finding what to cut.
 """
@@ -30,6 +32,7 @@ import os
 import pstats
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -89,12 +92,12 @@ def _serve_profiled(out: Path) -> int:
     return code
 
 
-def _server_env(port: int) -> dict[str, str]:
+def _server_env(port: int, work: Path) -> dict[str, str]:
     env = base_env()
     env.update(
         {
             "PKGLOADER_LISTEN": f"127.0.0.1:{port}",
-            "PKGLOADER_CACHE_DIR": str(OUT / "profile-cache"),
+            "PKGLOADER_CACHE_DIR": str(work / "profile-cache"),
             "PKGLOADER_MEMORY_CACHE_BYTES": str(256 << 20),
             "PKGLOADER_FILE_ROOTS": str(FIXTURES),
         }
@@ -122,16 +125,19 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=35)
     parser.add_argument("--sort", default="tottime", choices=["tottime", "cumulative"])
     parser.add_argument("--sampler", default="cprofile", choices=["cprofile", "py-spy"])
+    parser.add_argument(
+        "--work", type=Path, default=OUT, help="py-spy: where its samples and cache go"
+    )
     args = parser.parse_args()
     if args.serve_profiled:
         sys.exit(_serve_profiled(args.serve_profiled))
     if args.sampler == "py-spy":
-        _sampled(args.seconds, args.top)
+        _sampled(args.seconds, args.top, args.work)
         return
     OUT.mkdir(parents=True, exist_ok=True)
     stats_file = OUT / "warm.pstats"
     port = free_port()
-    env = _server_env(port)
+    env = _server_env(port, OUT)
     request = load_request(WABT.as_uri(), WABT_SHA256, content=False)
     proc = Proc(
         [PYTHON, "-m", "bench.profile_warm", "--serve-profiled", str(stats_file)],
@@ -159,42 +165,45 @@ _RATE = 400
 _LINE = re.compile(r":\d+\)$")
 
 
-def _sampled(seconds: float, top: int) -> None:
+def _sampled(seconds: float, top: int, work: Path) -> None:
     """`pkgloader serve` as it is, sampled by py-spy while the client drives warm Loads."""
     spy = shutil.which("py-spy", path=str(Path(PYTHON).parent)) or shutil.which("py-spy")
     if spy is None:
         sys.exit("py-spy is not installed (it is in the dev dependencies: make test installs it)")
-    OUT.mkdir(parents=True, exist_ok=True)
-    raw = OUT / "warm-py-spy.txt"
+    work.mkdir(parents=True, exist_ok=True)
+    raw = work / "warm-py-spy.txt"
     port = free_port()
     request = load_request(WABT.as_uri(), WABT_SHA256, content=False)
     proc = Proc(
         [str(Path(PYTHON).parent / "pkgloader"), "serve"],
-        _server_env(port),
-        OUT / "profile-server.log",
+        _server_env(port, work),
+        work / "profile-server.log",
         cpus=None,
     )
+    sampler: subprocess.Popen[bytes] | None = None
     try:
         wait_serving(port, proc)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             list(channel.unary_stream(LOAD)(request, timeout=60))
         sampler = subprocess.Popen(
             [
-                *(spy, "record", "--rate", str(_RATE), "--duration", str(int(seconds))),
-                *("--pid", str(proc.pid), "--format", "raw", "--output", str(raw)),
-                *("--threads", "--nonblocking"),
+                *(spy, "record", "--rate", str(_RATE), "--pid", str(proc.pid)),
+                *("--format", "raw", "--output", str(raw), "--threads", "--nonblocking"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
         answer = run_client(_client_spec(port, request, seconds), cpus=None)
-        _, errors = sampler.communicate(timeout=seconds + 60)
-        if sampler.returncode != 0:
+        sampler.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
+        _, errors = sampler.communicate(timeout=60)
+        if sampler.returncode != 0 or not raw.exists():
             sys.exit(f"py-spy failed: {errors.decode(errors='replace').strip()}")
     finally:
+        if sampler is not None and sampler.poll() is None:
+            sampler.kill()
+            sampler.wait()
         proc.stop(timeout=60)
-    calls = answer["count"]
-    print(f"{calls / seconds:,.0f} Loads/s while sampled, {os.cpu_count()} cores")
+    print(f"{answer['count'] / seconds:,.0f} Loads/s while sampled, {os.cpu_count()} cores")
     own: collections.Counter[str] = collections.Counter()
     anywhere: collections.Counter[str] = collections.Counter()
     samples = 0
@@ -211,8 +220,9 @@ def _sampled(seconds: float, top: int) -> None:
             anywhere[name] += n
     if not samples:
         sys.exit("py-spy took no sample of the grpc-loop thread")
-    busy_us = samples / _RATE / calls * 1e6 if calls else 0.0
-    print(f"grpc-loop thread: {samples} samples, busy {busy_us:.0f} µs per call (client's count)")
+    # Shares only: the sampler runs a little longer than the client's timed window (its
+    # start-up and warm-up), so a time per call from these counts would be off.
+    print(f"grpc-loop thread: {samples} samples at {_RATE} Hz")
     for title, counter in (("self", own), ("inclusive", anywhere)):
         print(f"--- {title}")
         for name, n in counter.most_common(top):

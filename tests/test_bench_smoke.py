@@ -41,11 +41,14 @@ def test_bench_quick_pass_writes_results(tmp_path: Path) -> None:
     assert not (tmp_path / "w" / "data").exists(), "generated packages are cleaned up"
 
 
-def test_the_sampling_profiler_reports_the_loop_threads_functions() -> None:
+def test_the_sampling_profiler_reports_the_loop_threads_functions(tmp_path: Path) -> None:
     """`python -m bench.profile_warm --sampler py-spy` samples a running `pkgloader serve` under
     warm Loads and prints the gRPC loop thread's functions, ours among them."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench.profile_warm", "--sampler", "py-spy", "--seconds", "2"],
+        [
+            *(sys.executable, "-m", "bench.profile_warm", "--sampler", "py-spy"),
+            *("--seconds", "2", "--work", str(tmp_path)),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
