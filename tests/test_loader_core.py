@@ -311,8 +311,9 @@ def test_views_of_a_package_on_disk_reuse_one_buffer_and_fail_when_the_file_shri
     make_loader: Callable[..., PackageLoader], tmp_path: Path
 ) -> None:
     """A file-backed package's `views` are its bytes, each chunk read into the same buffer
-    (fresh 1 MiB buffers page-faulted on every chunk); a file truncated mid-stream ends them
-    with CacheFileChanged, as `chunks` does. In memory, `views` are the pieces themselves."""
+    (fresh 1 MiB buffers page-faulted on every chunk) and released when the next is asked for;
+    a file truncated mid-stream ends them with CacheFileChanged, as `chunks` does. A package
+    in memory gives what `chunks` gives."""
     loader = make_loader(memory_cache_bytes=128 << 20)
     assert loader.disk is not None
     data = writer.write_v1({"package": {}}, {"big": os.urandom(BACKGROUND_PROMOTION)}, {})
@@ -333,9 +334,22 @@ def test_views_of_a_package_on_disk_reuse_one_buffer_and_fail_when_the_file_shri
     assert len(buffers) == 1
 
     views = package.views(1 << 20)
+    kept = next(views)
     next(views)
+    with pytest.raises(ValueError, match="released"):
+        bytes(kept)  # kept past the next one: refused, not the next chunk's bytes
     os.truncate(path, 1 << 20)
     with pytest.raises(CacheFileChanged):
         list(views)
-    del package
-    loader.settle(60)  # the promotion behind the Load found a shorter file: it does not parse
+    del package, views
+    # The promotion behind the Load finds the shorter file, which does not parse: nothing is
+    # promoted, and the next Load of the package downloads it.
+    assert loader.settle(60)
+    assert not loader.memory.get(sha)
+
+    small = writer.write_v1({"package": {}}, {"small": b"x" * 5000}, {})
+    small_sha = hashlib.sha256(small).hexdigest()
+    loader.disk.path(WebcHash(small_sha)).write_bytes(small)
+    held = loader.load(LoadRequest(request.url, small_sha)).package
+    assert held.in_memory
+    assert [bytes(v) for v in held.views(2048)] == [bytes(c) for c in held.chunks(2048)]

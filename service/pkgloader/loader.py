@@ -162,11 +162,10 @@ class StoredPackage:
 
     def views(self, size: int = CHUNK) -> Iterator[bytes | memoryview]:
         """As `chunks`, but a file is read into one buffer, again for each chunk: a view is
-        valid only until the next is asked for (a consumer that copies each at once, as the
-        wire's framing does). A read into a fresh 1 MiB buffer page-faults most of its pages
-        (each of the pool's threads allocates from an arena of its own): eight first Loads of
-        256 MiB after an Evict cost the server 248,677 page faults and 2.13 s of CPU that way,
-        44,468 and 1.31 s reading into one buffer (perf stat, same machine, same hour)."""
+        valid only until the next is asked for (for a consumer that copies each at once, as
+        the wire's framing does), and released then, so one kept longer fails when used
+        instead of showing the next chunk's bytes. Reads into fresh 1 MiB buffers page-faulted
+        most of their pages on the business pool (docs/performance.md, fifth session)."""
         if self.in_memory:
             yield from self.chunks(size)
             return
@@ -174,9 +173,10 @@ class StoredPackage:
         buffer = memoryview(bytearray(min(size, self.size)))
         with self._reading():
             for start in range(0, self.size, size):
-                view = buffer[: min(size, self.size - start)]
-                source.read_into(start, view)
-                yield view
+                with buffer[: min(size, self.size - start)] as piece:
+                    source.read_into(start, piece)
+                    with piece.toreadonly() as view:
+                        yield view
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:

@@ -43,8 +43,9 @@ class ByteSource(ABC):
         when the bytes are in memory already. Raises ``ContentChanged`` on a short read."""
 
     def read_into(self, offset: int, buffer: memoryview) -> None:
-        """Fill ``buffer`` (writable) with the ``len(buffer)`` bytes at ``offset``: one copy,
-        into memory the caller reuses. Raises ``ContentChanged`` on a short read."""
+        """Fill ``buffer`` (writable) with the ``len(buffer)`` bytes at ``offset`` (the caller
+        stays in bounds): one copy, into memory the caller reuses. Raises ``ContentChanged``
+        on a short read."""
         buffer[:] = self.read_at(offset, len(buffer))
 
     def close(self) -> None:  # noqa: B027 - optional: only a source holding a resource has one
