@@ -59,6 +59,8 @@ class Readable(Protocol):
 
     def chunks(self, max: int, /) -> Iterable[bytes | memoryview]: ...
 
+    def views(self, max: int, /) -> Iterable[bytes | memoryview]: ...
+
 
 @dataclass(frozen=True)
 class Checked:
@@ -83,7 +85,7 @@ class Checked:
         digest = hashlib.sha256()
         held: bytes | memoryview | None = None
         sent = 0
-        for piece in _pieces(self.content, max, self.what, self.where):
+        for piece in _pieces(self.content, max, self.what, self.where, holds=True):
             if held is not None:
                 yield held
             digest.update(piece)
@@ -141,10 +143,13 @@ def checked_atom(stored: StoredPackage, name: str, *, what: str) -> Checked:
 
 
 def _pieces(
-    content: Readable, max: int, what: str, where: Mapping[str, str]
+    content: Readable, max: int, what: str, where: Mapping[str, str], *, holds: bool = False
 ) -> Iterator[bytes | memoryview]:
+    """`content` in pieces of at most `max`: views (no copy of bytes in memory), each used before
+    the next is asked for, or with `holds` (the caller keeps one while it reads the next) pieces
+    that stay valid, its `chunks`."""
     try:
-        for piece in content.chunks(max):
+        for piece in content.chunks(max) if holds else content.views(max):
             # A content handle promises at most `max` per piece; keep the contract even if one
             # hands out more (a view is sliced, not copied).
             if len(piece) <= max:

@@ -24,6 +24,7 @@ from pkgloader.formats import (
     detect,
     open_package,
     to_jsonable,
+    writer,
 )
 from pkgloader.formats._cbor import decode_cbor
 
@@ -355,3 +356,25 @@ def test_read_into_fills_a_reused_buffer_from_every_kind_of_source(tmp_path: Pat
     file_source.close()
     with pytest.raises(ValueError, match="closed"):
         file_source.read_into(0, buffer)
+
+
+def test_an_atom_held_in_pieces_is_read_as_views_cut_where_the_pieces_end() -> None:
+    """An atom of a package held in memory a piece at a time (PiecesSource) is read as views of
+    its pieces, cut at the pieces' ends as well as at max_bytes, so no read copies (an atom's
+    chunks all straddled two pieces, and every one was a copy)."""
+    atom_bytes = os.urandom(10_000)
+    package = writer.write_v1({"package": {}}, {"big": atom_bytes}, {})
+    pieces = [package[i : i + 4096] for i in range(0, len(package), 4096)]
+    with open_package(formats.PiecesSource(pieces, 4096)) as container:
+        atom = container.get_atom("big")
+        assert atom is not None
+        for max_bytes in (4096, 1000, 10**6):
+            views = list(atom.views(max_bytes))
+            assert b"".join(views) == atom_bytes
+            assert all(0 < len(v) <= max_bytes for v in views)
+            # every view is of one piece: none was assembled from two
+            assert all(isinstance(v, memoryview) and any(v.obj is p for p in pieces) for v in views)
+            if max_bytes >= 4096:  # one view per piece the atom touches, at most
+                assert len(views) <= len(atom_bytes) // 4096 + 2
+        assert atom.sha256() == hashlib.sha256(atom_bytes).digest()
+        assert atom.read() == atom_bytes
