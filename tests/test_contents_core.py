@@ -138,3 +138,26 @@ def test_a_file_truncated_between_the_passes_is_cache_file_changed(tmp_path: Pat
         with pytest.raises(CacheFileChanged):
             drain()
     assert sum(map(len, received)) < len(atom)
+
+
+class _Reused(_Bytes):
+    """A `Readable` whose views are one buffer, filled again for each: what `views` allows."""
+
+    def views(self, max: int, /) -> Iterator[memoryview]:
+        buffer = bytearray(max)
+        for start in range(0, len(self.data), max):
+            piece = self.data[start : start + max]
+            buffer[: len(piece)] = piece
+            yield memoryview(buffer)[: len(piece)]
+
+
+def test_the_pass_that_holds_a_piece_back_reads_pieces_that_stay_valid() -> None:
+    """The hash pass may read views of a reused buffer; the send pass, which holds each piece
+    back until it has read the next, reads `chunks`, so what it sends is the content's bytes
+    even when its views reuse one buffer."""
+    data = os.urandom(5500)
+    checked = contents.check(_Reused(data), hashlib.sha256(data).hexdigest(), what="x")
+    assert checked.sha256 == hashlib.sha256(data).hexdigest()  # views are fine for a hash
+    assert [bytes(piece) for piece in checked.chunks(1000)] == [
+        data[i : i + 1000] for i in range(0, len(data), 1000)
+    ]

@@ -14,8 +14,9 @@ of gRPC. Two promises:
   tier's, or for a disk-only package the loader's memo tier), so only the first call of a
   package checks before sending; later ones hash once, while sending, holding back the last
   chunk as before.
-- **Bounded.** Contents are read through their `size` and `chunks(max)`, at most `CHUNK` at a
-  time; a listing stops at `MAX_ENTRIES` entries or `MAX_LISTING_BYTES` of paths and says so.
+- **Bounded.** Contents are read through their `size` and `views(max)` (or `chunks(max)` where
+  a piece is held back while the next is read), at most `CHUNK` at a time; a listing stops at
+  `MAX_ENTRIES` entries or `MAX_LISTING_BYTES` of paths and says so.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ CHUNK = 1024 * 1024  # the contract: content chunks of at most 1 MiB
 
 
 class Readable(Protocol):
-    """A content that can be read in bounded pieces, as often as needed."""
+    """A content that can be read in bounded pieces, as often as needed: `views` (each valid
+    until the next is asked for) or `chunks` (each valid for as long as it is held)."""
 
     @property
     def size(self) -> int: ...
@@ -78,7 +80,8 @@ class Checked:
 
     def chunks(self, max: int = CHUNK) -> Iterator[bytes | memoryview]:
         """The bytes again, at most `max` at a time, re-hashed as they go; the last piece is held
-        back until the whole matches `sha256`, else `ContentHashMismatch` is raised instead."""
+        back until the whole matches `sha256`, else `ContentHashMismatch` is raised instead.
+        Each piece is valid until the next is asked for (the callers frame or copy it at once)."""
         if self.stable:
             yield from _pieces(self.content, max, self.what, self.where)
             return
