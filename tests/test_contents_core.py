@@ -30,7 +30,7 @@ class _Bytes:
         for start in range(0, len(self.data), max):
             yield self.data[start : start + max]
 
-    def views(self, max: int, /) -> Iterator[bytes]:
+    def views(self, max: int, /) -> Iterator[bytes | memoryview]:
         return self.chunks(max)  # its pieces are bytes of their own
 
 
@@ -143,7 +143,7 @@ def test_a_file_truncated_between_the_passes_is_cache_file_changed(tmp_path: Pat
 class _Reused(_Bytes):
     """A `Readable` whose views are one buffer, filled again for each: what `views` allows."""
 
-    def views(self, max: int, /) -> Iterator[memoryview]:
+    def views(self, max: int, /) -> Iterator[bytes | memoryview]:
         buffer = bytearray(max)
         for start in range(0, len(self.data), max):
             piece = self.data[start : start + max]
