@@ -22,13 +22,16 @@ WORKDIR /src
 # .dockerignore lets in only what the wheels are built from.
 COPY . .
 # Third-party wheels only as pinned and hashed in requirements/runtime.lock (a changed package
-# fails the build), then our two distributions with --no-deps. The pip.conf secret, when given,
-# is used through PIP_CONFIG_FILE; the isolated environment pip creates to run setuptools
-# inherits the variable, so it reaches the same index with the same CA.
+# fails the build), each alone (--no-deps: the lock is complete, and pip resolving an extra again
+# can pick a newer release and refuse the hashes), then our two distributions with --no-deps;
+# the final stage's install from these wheels alone fails if one were missing. The pip.conf
+# secret, when given, is used through PIP_CONFIG_FILE; the isolated environment pip creates to
+# run setuptools inherits the variable, so it reaches the same index with the same CA.
 RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=pip-ca \
     if [ -f /run/secrets/pip.conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip.conf; fi; \
     python3 -m venv /opt/build; \
-    /opt/build/bin/pip wheel --wheel-dir /wheels --require-hashes -r requirements/runtime.lock; \
+    /opt/build/bin/pip wheel --wheel-dir /wheels --no-deps \
+        --require-hashes -r requirements/runtime.lock; \
     /opt/build/bin/pip wheel --wheel-dir /wheels --no-deps ./client . ; \
     ls /wheels
 

@@ -14,13 +14,18 @@ BUF := $(NODE_DIR)/node_modules/.bin/buf
 
 # Third-party packages come only from the lock file, each checked against its sha256, so a
 # tampered or silently changed package fails the install; then our two distributions, editable.
+# --no-deps: the lock already holds every dependency, and pip 23.2 resolving them again failed
+# the install outright ("must have their versions pinned") for pytest-cov's coverage[toml] the
+# day coverage 7.18.0 came out, though coverage==7.17.5 is locked; `pip check` then confirms
+# that the lock holds every dependency of everything installed, ours included.
 $(STAMP): pyproject.toml client/pyproject.toml client/VERSION requirements/dev.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "pkgloader needs Python 3.11 or newer as $(PYTHON)"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
 		{ echo "python venv is missing: apt-get install python3-venv"; exit 1; }
-	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements/dev.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e client -e .
+	$(BIN)/python -m pip check
 	@touch $@
 
 ## Regenerate the lock files (with hashes) from pyproject.toml: the one command for it.
