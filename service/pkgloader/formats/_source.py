@@ -284,19 +284,15 @@ class Region(Content):
             raise ValueError("max_bytes must be positive")
         end = self.offset + self.size
         source = self.source
-        if isinstance(source, PiecesSource):
-            # Cut where the pieces end too, so that no view spans two pieces: a read across
-            # them would be a copy, and an atom's 1 MiB chunks of a package held in 1 MiB pieces
-            # would all be copies (GetAtom from memory ran at 0.38x Load's stream).
-            piece = source.piece_size
-            start = self.offset
-            while start < end:
-                stop = min(end, start + max_bytes, (start // piece + 1) * piece)
-                yield source.read_at(start, stop - start)
-                start = stop
-            return
-        for start in range(self.offset, end, max_bytes):
-            yield source.read_at(start, min(max_bytes, end - start))
+        # In a PiecesSource, cut where the pieces end too, so that no view spans two pieces: a
+        # read across them would be a copy, and an atom's 1 MiB chunks of a package held in
+        # 1 MiB pieces would all be copies (GetAtom from memory ran at 0.38x Load's stream).
+        piece = source.piece_size if isinstance(source, PiecesSource) else end
+        start = self.offset
+        while start < end:
+            stop = min(end, start + max_bytes, (start // piece + 1) * piece)
+            yield source.read_at(start, stop - start)
+            start = stop
 
     def read_range(self, offset: int, size: int) -> bytes:
         return bytes(self.source.read_at(self.offset + offset, size))
