@@ -1,7 +1,7 @@
 """Where a warm Load's time goes: `pkgloader serve` profiled under load.
 
-    python -m bench.profile_warm [--sampler cprofile|py-spy] [--seconds 5] [--top 35]
-                                 [--sort tottime|cumulative]
+    python -m bench.profile_warm [--sampler cprofile|py-spy|threads] [--seconds 5] [--top 35]
+                                 [--sort tottime|cumulative] [--rounds 3]
 
 Drives warm Loads (a memory hit, metadata only) with the plain Python client (one grpc.aio
 process, 64 in flight on one channel) against `pkgloader serve` with its defaults (INFO access
@@ -18,6 +18,11 @@ log, metrics observer), and prints where the server's time went.
   Sampling without stopping the process yields some partial stacks, so inclusive shares of the
   outer frames are a little low. Needs ptrace rights over the server: CAP_SYS_PTRACE (root on
   this project's machines), or the same user with kernel.yama.ptrace_scope 0.
+- `threads`: nothing attached; `pkgloader serve` and the bare grpcio aio server of the same call
+  shape (`bench._baselines`) take turns, `--rounds` times, and for each the CPU every thread of
+  the server and the client process spent per call is read from /proc over the client's run.
+  On two cores both are busy, so the rate follows the sum: this says which thread pays for the
+  difference, without slowing anything down.
 
 Not one of `python -m bench`'s benchmarks: a tool for finding what to cut.
 """
@@ -33,6 +38,7 @@ import pstats
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -40,6 +46,7 @@ from pathlib import Path
 
 import grpc
 
+from bench._baselines import METHOD as BARE_METHOD
 from bench._common import (
     FIXTURES,
     LOAD,
@@ -48,6 +55,7 @@ from bench._common import (
     WABT,
     WABT_SHA256,
     Proc,
+    bare_server,
     base_env,
     free_port,
     load_request,
@@ -105,6 +113,10 @@ def _server_env(port: int, work: Path) -> dict[str, str]:
     return env
 
 
+#: seconds of Loads before the client's timed window
+_WARMUP = 0.5
+
+
 def _client_spec(port: int, request: bytes, seconds: float) -> dict[str, object]:
     return {
         "mode": "rate",
@@ -113,7 +125,7 @@ def _client_spec(port: int, request: bytes, seconds: float) -> dict[str, object]
         "request": base64.b64encode(request).decode(),
         "concurrency": 64,
         "channels": 1,
-        "warmup": 0.5,
+        "warmup": _WARMUP,
         "duration": seconds,
     }
 
@@ -124,7 +136,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--top", type=int, default=35)
     parser.add_argument("--sort", default="tottime", choices=["tottime", "cumulative"])
-    parser.add_argument("--sampler", default="cprofile", choices=["cprofile", "py-spy"])
+    parser.add_argument("--sampler", default="cprofile", choices=["cprofile", "py-spy", "threads"])
+    parser.add_argument("--rounds", type=int, default=3, help="threads: rounds per server")
     parser.add_argument(
         "--work", type=Path, default=OUT, help="py-spy: where its samples and cache go"
     )
@@ -133,6 +146,9 @@ def main() -> None:
         sys.exit(_serve_profiled(args.serve_profiled))
     if args.sampler == "py-spy":
         _sampled(args.seconds, args.top, args.work)
+        return
+    if args.sampler == "threads":
+        _threads(args.seconds, args.rounds, args.work)
         return
     OUT.mkdir(parents=True, exist_ok=True)
     stats_file = OUT / "warm.pstats"
@@ -227,6 +243,77 @@ def _sampled(seconds: float, top: int, work: Path) -> None:
         print(f"--- {title}")
         for name, n in counter.most_common(top):
             print(f"{n * 100 / samples:5.1f}%  {name}")
+
+
+#: clock ticks per second of /proc's utime and stime (USER_HZ)
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _thread_ticks(pid: int) -> dict[int, int]:
+    """CPU ticks (user + system) of each thread of `pid`, by thread id."""
+    ticks = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        ticks[int(tid)] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def _per_call(pid: int, port: int, method: str, request: bytes, seconds: float) -> list[float]:
+    """Requests per second, then µs of CPU per call: the server's busiest thread (its event
+    loop), its second (grpcio's poller), the rest of it, and the client process."""
+    before, client_before = _thread_ticks(pid), os.times()
+    spec = {**_client_spec(port, request, seconds), "method": method}
+    answer = run_client(spec, cpus=None)
+    after, client_after = _thread_ticks(pid), os.times()
+    # CPU is read over the client's whole run, so it is shared among the calls of the whole
+    # run: the timed window's rate extended over the warm-up as well.
+    calls = answer["count"] / seconds * (seconds + _WARMUP)
+    used = [*sorted((after[t] - before.get(t, 0) for t in after), reverse=True), 0, 0]
+    client = sum(client_after[2:4]) - sum(client_before[2:4])
+    micros = [ticks / _TICK * 1e6 / calls for ticks in (used[0], used[1], sum(used[2:]))]
+    return [answer["count"] / seconds, *micros, client * 1e6 / calls]
+
+
+def _threads(seconds: float, rounds: int, work: Path) -> None:
+    """`pkgloader serve` and the bare aio server in turns; each one's CPU per call by thread."""
+    work.mkdir(parents=True, exist_ok=True)
+    request = load_request(WABT.as_uri(), WABT_SHA256, content=False)
+    runs: dict[str, list[list[float]]] = {"pkgloader serve": [], "bare grpcio aio": []}
+    for _ in range(rounds):
+        port = free_port()
+        proc = Proc(
+            [str(Path(PYTHON).parent / "pkgloader"), "serve"],
+            _server_env(port, work),
+            work / "profile-server.log",
+            cpus=None,
+        )
+        try:
+            wait_serving(port, proc)
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                reply = next(iter(channel.unary_stream(LOAD)(request, timeout=60)))
+            runs["pkgloader serve"].append(_per_call(proc.pid, port, LOAD, request, seconds))
+        finally:
+            proc.stop(timeout=60)
+        with bare_server("aio", "echo", reply_bytes=len(reply), cpus=None) as (bare, port):
+            runs["bare grpcio aio"].append(_per_call(bare.pid, port, BARE_METHOD, b"", seconds))
+    print(f"warm Loads, one grpc.aio client with 64 in flight, {rounds} rounds, medians:")
+    print(
+        f"{'server':17} {'req/s':>7} {'loop µs':>8} {'poller':>7} {'others':>7} {'client':>7} "
+        f"{'all':>6}"
+    )
+    for name, results in runs.items():
+        rate, loop, poller, others, client = (
+            statistics.median(col) for col in zip(*results, strict=True)
+        )
+        every = loop + poller + others + client
+        print(
+            f"{name:17} {rate:7,.0f} {loop:8.0f} {poller:7.0f} {others:7.0f} {client:7.0f} "
+            f"{every:6.0f}"
+        )
 
 
 if __name__ == "__main__":
