@@ -242,6 +242,81 @@ def test_the_production_server_authenticates_a_client_streaming_service(tmp_path
     assert registry.get_sample_value("pkgloader_rpc_duration_seconds_count", labels) == 1
 
 
+def _unimplemented(request: bytes, context: grpc.ServicerContext) -> bytes:
+    # What grpc's generated servicer bases do for a method the servicer does not implement.
+    context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+    context.set_details("Method not implemented!")
+    raise NotImplementedError("Method not implemented!")
+
+
+def _unimplemented_stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+    yield b"first"
+    context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+    context.set_details("the rest is not implemented")
+    raise NotImplementedError("the rest")
+
+
+def _refusing_stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+    context.set_code(grpc.StatusCode.FAILED_PRECONDITION)
+    context.set_details("not now")
+    yield from ()
+
+
+def test_a_code_a_blocking_behaviour_set_is_its_status_raised_or_not(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A blocking behaviour that sets a code and then raises (grpc's generated bases) or
+    returns answers with that code, as grpc's own servers do: not INTERNAL, and nothing
+    logged as an unexpected error. Health's List, unimplemented by grpcio's servicer, is one."""
+    app = app_module.build(test_settings(tmp_path))
+    handler = grpc.method_handlers_generic_handler(
+        _SERVICE,
+        {
+            "Unimplemented": grpc.unary_unary_rpc_method_handler(_unimplemented),
+            "UnimplementedStream": grpc.unary_stream_rpc_method_handler(_unimplemented_stream),
+            "Refusing": grpc.unary_stream_rpc_method_handler(_refusing_stream),
+        },
+    )
+    server, port = app_module.create_server(app, services=[handler])
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.RpcError) as unary:
+                channel.unary_unary(f"/{_SERVICE}/Unimplemented", None, None)(b"", timeout=30)
+            assert unary.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert unary.value.details() == "Method not implemented!"
+            streaming = channel.unary_stream(f"/{_SERVICE}/UnimplementedStream", None, None)
+            stream = iter(streaming(b"", timeout=30))
+            assert next(stream) == b"first"
+            with pytest.raises(grpc.RpcError) as streamed:
+                next(stream)
+            assert streamed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert streamed.value.details() == "the rest is not implemented"
+            with pytest.raises(grpc.RpcError) as refused:
+                list(channel.unary_stream(f"/{_SERVICE}/Refusing", None, None)(b"", timeout=30))
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert refused.value.details() == "not now"
+            health_stub = health_pb2_grpc.HealthStub(channel)
+            with pytest.raises(grpc.RpcError) as listed:
+                health_stub.List(health_pb2.HealthListRequest(), timeout=30)
+            assert listed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.stop(None).wait()
+        app.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    for method, code in (
+        ("Unimplemented", "UNIMPLEMENTED"),
+        ("UnimplementedStream", "UNIMPLEMENTED"),
+        ("Refusing", "FAILED_PRECONDITION"),
+        ("List", "UNIMPLEMENTED"),
+    ):
+        labels = {"method": method, "code": code}
+        assert (
+            app.metrics.registry.get_sample_value("pkgloader_rpc_duration_seconds_count", labels)
+            == 1
+        ), labels
+
+
 def test_calls_beyond_max_calls_are_refused_at_once_and_health_is_not_counted() -> None:
     """`CallLimits.max_calls`: with one blocking call running and a limit of one, the next
     business call is RESOURCE_EXHAUSTED (TOO_MANY_STREAMS) at once, not queued; health and

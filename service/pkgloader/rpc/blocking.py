@@ -117,6 +117,15 @@ class SyncContext:
     def set_code(self, code: grpc.StatusCode) -> None:
         self.code = code
 
+    def set_status(self) -> Aborted | None:
+        """The status the behaviour set (a code other than OK), as the `Aborted` that sends
+        it; None when it set none. Also asked when a behaviour raised: grpc's generated
+        servicer bases set UNIMPLEMENTED and then raise NotImplementedError, and grpc's own
+        servers answer with the code set, not an error."""
+        if self.code is None or self.code is grpc.StatusCode.OK:
+            return None
+        return Aborted(self.code, self.details or "", self.trailing_metadata)
+
     def set_details(self, details: str) -> None:
         self.details = details
 
@@ -241,8 +250,16 @@ async def _stepped(
         async with contextlib.aclosing(steps.iterate(items, serialize)) as iterated:
             async for item in iterated:
                 yield item
+    except Exception as exc:
+        status = context.set_status()
+        if status is None:
+            raise
+        raise status from exc
     finally:
         context.end()
+    status = context.set_status()
+    if status is not None:
+        raise status
 
 
 class SyncRequests:

@@ -568,9 +568,16 @@ def _respond(
     method: str,
 ) -> bytes:
     """A blocking unary behaviour's response, serialized and checked, on the pool."""
-    response = behaviour(request, context)
-    if context.code is not None and context.code is not grpc.StatusCode.OK:
-        raise blocking.Aborted(context.code, context.details or "", context.trailing_metadata)
+    try:
+        response = behaviour(request, context)
+    except Exception as exc:
+        status = context.set_status()
+        if status is None:
+            raise
+        raise status from exc
+    status = context.set_status()
+    if status is not None:
+        raise status
     return _serialized(response, serialize, method)
 
 
