@@ -11,6 +11,8 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from pkgloader import app as app_module
 from pkgloader.rpc import wire
 from pkgloader.rpc.servicer import PackageLoaderServicer
@@ -45,6 +47,67 @@ def test_every_method_of_the_proto_is_registered_with_its_kind() -> None:
         )
         assert behaviour == getattr(servicer, name)
         assert handler.response_serializer is wire.serialize
+
+
+class _Recorder:
+    """What a generated `add_..._to_server` calls on a server, recorded."""
+
+    def __init__(self) -> None:
+        self.generic: list[Any] = []
+        self.registered: list[str] = []
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self.generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+        self.registered.append(service)
+
+
+def test_other_packages_services_are_added_as_generic_handlers_only() -> None:
+    """Health's and reflection's generated registration reaches the server as a generic
+    handler only (grpcio's asyncio server waits on one pending request per registered method
+    for every call it accepts). Fails when an upgrade of their generated code stops adding the
+    generic handler, which would leave the service unserved."""
+    recorder = _Recorder()
+    server: Any = wire.GenericOnly(recorder)  # type: ignore[arg-type]
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    reflected = reflection.ReflectionServicer([reflection.SERVICE_NAME])
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflected, server)
+    assert recorder.registered == []
+    assert len(recorder.generic) == 2
+    details = type("Details", (), {"method": "/grpc.health.v1.Health/Check"})()
+    assert recorder.generic[0].service(details) is not None
+
+
+def test_health_and_reflection_answer_on_the_production_server(tmp_path: Path) -> None:
+    """Served through generic handlers only, every method of health and reflection still
+    resolves: Check, Watch's first answer, and reflection's service list (List is not
+    implemented by grpcio-health-checking's asyncio servicer: its generated base sets
+    UNIMPLEMENTED and raises, which is the answer, not an INTERNAL of ours)."""
+    app = app_module.build(test_settings(tmp_path))
+    server, port = app_module.create_server(app)
+    server.start()
+    app_module.set_serving(app, True)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            serving = health_pb2.HealthCheckResponse.SERVING
+            assert stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status == serving
+            watch = stub.Watch(health_pb2.HealthCheckRequest(), timeout=10)
+            assert next(watch).status == serving
+            watch.cancel()
+            with pytest.raises(grpc.RpcError) as listed:
+                stub.List(health_pb2.HealthListRequest(), timeout=10)
+            assert listed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            [answer] = list(reflect.ServerReflectionInfo(iter([request]), timeout=10))
+            names = {s.name for s in answer.list_services_response.service}
+            assert "pkgloader.v1.PackageLoaderService" in names
+            assert "grpc.health.v1.Health" in names
+    finally:
+        server.stop(None).wait()
+        app.close()
 
 
 def test_ready_made_bytes_and_messages_serialize_alike() -> None:

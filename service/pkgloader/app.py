@@ -330,7 +330,7 @@ def create_server(
         wire.register(servicer, server)
         if services:
             server.add_generic_rpc_handlers(tuple(services))
-        health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
+        health_pb2_grpc.add_HealthServicer_to_server(app.health, wire.GenericOnly(server))
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             CommentedReflection(
                 [
@@ -340,7 +340,7 @@ def create_server(
                 ],
                 commented_files(),
             ),
-            server,
+            wire.GenericOnly(server),
         )
         return server, _listen(server, address, credentials)
 
@@ -380,7 +380,7 @@ def create_health_server(app: App, address: str) -> tuple[Server, int]:
 
     def make() -> tuple[aio.Server, int]:
         server = aio.server(options=SERVER_OPTIONS)
-        health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
+        health_pb2_grpc.add_HealthServicer_to_server(app.health, wire.GenericOnly(server))
         return server, _listen(server, address, None)
 
     return Server.build(make)
