@@ -205,6 +205,35 @@ def test_queued_log_handler_writes_every_line_in_order_and_drains_on_close(tmp_p
     handler.close()  # a second close (logging.shutdown after ours) is harmless
 
 
+def test_queued_log_handler_applies_its_filters_and_level() -> None:
+    """The handler's own filters and level still decide what is queued (its `handle` skips
+    only the lock and `prepare`, which do nothing here)."""
+    import io
+
+    from pkgloader.logs import JsonFormatter, RecordQueueHandler
+
+    stream = io.StringIO()
+    handler = RecordQueueHandler(stream, JsonFormatter())
+    handler.addFilter(lambda record: record.getMessage() != "dropped")
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("pkgloader.test-filtered")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        logger.info("kept")
+        logger.info("dropped")
+        logger.debug("below the handler's level")
+        logger.warning("kept too")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert [json.loads(line)["msg"] for line in stream.getvalue().splitlines()] == [
+        "kept",
+        "kept too",
+    ]
+
+
 def test_log_lines_are_written_in_batches_off_the_logging_thread() -> None:
     """The calling thread only queues; the listener's thread writes, several lines per write()
     when they pile up, and never more than max_lines at once (only the last batch, at close(),

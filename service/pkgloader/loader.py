@@ -378,10 +378,13 @@ class PackageLoader:
             self.fetchers.file.check(request.url)
         if request.size_hint is not None and request.size_hint > self.max_package_bytes:
             raise _too_large(self.max_package_bytes, request.size_hint)
-        with traces.span(traces.MEMORY, {traces.SHA256: expected.hex}) as memory_span:
-            cached = self.memory.get(expected.hex)
-            if memory_span is not None:
-                memory_span.set_attribute(traces.HIT, cached is not None)
+        if traces.on():
+            with traces.span(traces.MEMORY, {traces.SHA256: expected.hex}) as memory_span:
+                cached = self.memory.get(expected.hex)
+                if memory_span is not None:
+                    memory_span.set_attribute(traces.HIT, cached is not None)
+        else:
+            cached = self.memory.get(expected.hex)  # the warm path: not even a no-op span
         if cached is None:
             return None
         if self.disk is not None:

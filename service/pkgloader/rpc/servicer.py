@@ -88,22 +88,24 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
             calls.current().sent_bytes = result.package.size
 
     def _warm(self, request: pb.LoadRequest) -> tuple[LoadResult, bytes] | None:
-        hit = self._loader.load_from_memory(self._load_request(request, calls.current()))
+        call = calls.current()
+        hit = self._loader.load_from_memory(self._load_request(request, call))
         if hit is None or not hit.package.in_memory:
             return None
         message = self._wire.kept_package_message(hit, request.summary.package_id)
         if message is None:
             return None
-        self._note(hit)
+        self._note(hit, call)
         return hit, message
 
     def _load(self, request: pb.LoadRequest, context: grpc.ServicerContext) -> Iterator[Any]:
+        call = calls.current()
         result = self._loader.load(
-            self._load_request(request, calls.current()),
+            self._load_request(request, call),
             alive=context.is_active,
             timeout=_timeout(context, self._call_timeout),
         )
-        self._note(result)
+        self._note(result, call)
         # Ready-made LoadResponse bytes (rpc.wire): the kept metadata, then framed chunks.
         yield self._wire.package_message(result, request.summary.package_id)
         if request.include_content:
@@ -128,8 +130,7 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
         )
 
     @staticmethod
-    def _note(result: LoadResult) -> None:
-        call = calls.current()
+    def _note(result: LoadResult, call: calls.CallRecord) -> None:
         call.source = result.source.value
         call.package_bytes = result.package.size
 
