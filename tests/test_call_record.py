@@ -317,6 +317,55 @@ def test_a_code_a_blocking_behaviour_set_is_its_status_raised_or_not(
         ), labels
 
 
+def _set_then_abort(request: bytes, context: grpc.ServicerContext) -> bytes:
+    context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+    context.set_details("tentative")
+    context.abort(grpc.StatusCode.PERMISSION_DENIED, "denied")
+    raise AssertionError("abort returned")
+
+
+def _set_then_fail(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+    context.set_code(grpc.StatusCode.NOT_FOUND)
+    yield b"first"
+    raise ValueError("a bug after a tentative code")
+
+
+def test_abort_after_a_set_code_and_a_bug_after_one_keep_their_own_status(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only NotImplementedError turns a set code into the status: an abort's own status wins
+    over a code set before it, and any other exception after a set code is still an error of
+    ours, INTERNAL and logged with its traceback."""
+    app = app_module.build(test_settings(tmp_path))
+    handler = grpc.method_handlers_generic_handler(
+        _SERVICE,
+        {
+            "SetThenAbort": grpc.unary_unary_rpc_method_handler(_set_then_abort),
+            "SetThenFail": grpc.unary_stream_rpc_method_handler(_set_then_fail),
+        },
+    )
+    server, port = app_module.create_server(app, services=[handler])
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.RpcError) as aborted:
+                channel.unary_unary(f"/{_SERVICE}/SetThenAbort", None, None)(b"", timeout=30)
+            assert aborted.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert aborted.value.details() == "denied"
+            streaming = channel.unary_stream(f"/{_SERVICE}/SetThenFail", None, None)
+            stream = iter(streaming(b"", timeout=30))
+            assert next(stream) == b"first"
+            with pytest.raises(grpc.RpcError) as failed:
+                next(stream)
+            assert failed.value.code() == grpc.StatusCode.INTERNAL
+    finally:
+        server.stop(None).wait()
+        app.close()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.exc_info[1] for r in errors if r.exc_info] != []
+    assert all(isinstance(r.exc_info[1], ValueError) for r in errors if r.exc_info)
+
+
 def test_calls_beyond_max_calls_are_refused_at_once_and_health_is_not_counted() -> None:
     """`CallLimits.max_calls`: with one blocking call running and a limit of one, the next
     business call is RESOURCE_EXHAUSTED (TOO_MANY_STREAMS) at once, not queued; health and

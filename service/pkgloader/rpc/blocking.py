@@ -40,7 +40,8 @@ def bind_pool(pool: futures.ThreadPoolExecutor) -> None:
 
 
 class Aborted(Exception):
-    """`SyncContext.abort`: the status a blocking behaviour ended its call with."""
+    """The status a blocking behaviour ended its call with: `SyncContext.abort`, or a code it
+    set (`SyncContext.pending_status`)."""
 
     def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: Sequence[Any]):
         super().__init__(code, details)
@@ -109,19 +110,24 @@ class SyncContext:
         return True
 
     def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        # Recorded, as grpc's own context does: the abort's status is the call's, whatever
+        # code was set before it.
+        self.code, self.details = code, details
         raise Aborted(code, details, self.trailing_metadata)
 
     def abort_with_status(self, status: Any) -> None:
-        raise Aborted(status.code, status.details, status.trailing_metadata or ())
+        self.code, self.details = status.code, status.details
+        self.trailing_metadata = tuple(status.trailing_metadata or ())
+        raise Aborted(status.code, status.details, self.trailing_metadata)
 
     def set_code(self, code: grpc.StatusCode) -> None:
         self.code = code
 
-    def set_status(self) -> Aborted | None:
+    def pending_status(self) -> Aborted | None:
         """The status the behaviour set (a code other than OK), as the `Aborted` that sends
-        it; None when it set none. Also asked when a behaviour raised: grpc's generated
-        servicer bases set UNIMPLEMENTED and then raise NotImplementedError, and grpc's own
-        servers answer with the code set, not an error."""
+        it; None when it set none. Also asked when a behaviour raised NotImplementedError:
+        grpc's generated servicer bases set UNIMPLEMENTED and then raise it, and grpc's own
+        servers answer with the code set."""
         if self.code is None or self.code is grpc.StatusCode.OK:
             return None
         return Aborted(self.code, self.details or "", self.trailing_metadata)
@@ -250,14 +256,16 @@ async def _stepped(
         async with contextlib.aclosing(steps.iterate(items, serialize)) as iterated:
             async for item in iterated:
                 yield item
-    except Exception as exc:
-        status = context.set_status()
+    except NotImplementedError as exc:
+        # A generated servicer base's answer (see `SyncContext.pending_status`); any other
+        # exception keeps its own status, and an unexpected one its log line.
+        status = context.pending_status()
         if status is None:
             raise
         raise status from exc
     finally:
         context.end()
-    status = context.set_status()
+    status = context.pending_status()
     if status is not None:
         raise status
 

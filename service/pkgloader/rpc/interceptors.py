@@ -570,12 +570,14 @@ def _respond(
     """A blocking unary behaviour's response, serialized and checked, on the pool."""
     try:
         response = behaviour(request, context)
-    except Exception as exc:
-        status = context.set_status()
+    except NotImplementedError as exc:
+        # A generated servicer base's answer (see `SyncContext.pending_status`); any other
+        # exception keeps its own status, and an unexpected one its log line.
+        status = context.pending_status()
         if status is None:
             raise
         raise status from exc
-    status = context.set_status()
+    status = context.pending_status()
     if status is not None:
         raise status
     return _serialized(response, serialize, method)
