@@ -75,8 +75,36 @@ def test_other_packages_services_are_added_as_generic_handlers_only() -> None:
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflected, server)
     assert recorder.registered == []
     assert len(recorder.generic) == 2
-    details = type("Details", (), {"method": "/grpc.health.v1.Health/Check"})()
-    assert recorder.generic[0].service(details) is not None
+    health_handler, reflection_handler = recorder.generic
+    assert health_handler.service(_Details("/grpc.health.v1.Health/Check")) is not None
+    method = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    assert reflection_handler.service(_Details(method)) is not None
+
+
+class _Details:
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+
+def test_our_service_is_registered_as_a_generic_handler_only() -> None:
+    recorder = _Recorder()
+    servicer = PackageLoaderServicer.__new__(PackageLoaderServicer)
+    wire.register(servicer, recorder)  # type: ignore[arg-type]
+    assert recorder.registered == []
+    [generic] = recorder.generic
+    assert generic.service(_Details("/pkgloader.v1.PackageLoaderService/Load")) is not None
+
+
+def test_handlers_offered_only_as_registered_methods_are_served_as_a_generic_handler() -> None:
+    """Generated code that registered methods without adding a generic handler (not today's)
+    would still have its service served."""
+    recorder = _Recorder()
+    server: Any = wire.GenericOnly(recorder)  # type: ignore[arg-type]
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    server.add_registered_method_handlers("t.Only", {"Echo": handler})
+    assert recorder.registered == []
+    [generic] = recorder.generic
+    assert generic.service(_Details("/t.Only/Echo")) is handler
 
 
 def test_health_and_reflection_answer_on_the_production_server(tmp_path: Path) -> None:

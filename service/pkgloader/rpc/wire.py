@@ -86,22 +86,30 @@ class GenericOnly:
     for everything else, and `asyncio.wait`s on all of them for every call it accepts (grpcio
     1.85, `AioServer._server_main_loop`), adding, checking and removing a done callback on each
     one every time. With the 14 registered methods of ours, health and reflection, that was 126
-    of the 275 more Python and C function calls a warm Load made than a bare server's call
-    (counted in process, on the loop thread); a generic handler is one dict lookup per call.
-    The generated functions call both methods, so each method keeps working either way."""
+    of the 266 more Python and C function calls a warm Load made than a bare server's call
+    (counted on the loop thread under load, docs/performance.md); a generic handler is one dict
+    lookup per call.
+    One per `add_..._to_server` call: today's generated functions add the generic handler,
+    then the same handlers as registered methods; one that only registers them would have its
+    handlers passed on as a generic handler instead, so no service is left unserved."""
 
     def __init__(self, server: aio.Server) -> None:
         self._server = server
+        self._added = False
 
     def add_generic_rpc_handlers(
         self, handlers: tuple[grpc.GenericRpcHandler[Any, Any], ...]
     ) -> None:
         self._server.add_generic_rpc_handlers(handlers)
+        self._added = True
 
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
     ) -> None:
-        """Not passed on: the generic handler serves these methods (see the class)."""
+        """Served by the generic handler added before (see the class); without one, as one."""
+        if not self._added:
+            generic = grpc.method_handlers_generic_handler(service, handlers)
+            self.add_generic_rpc_handlers((generic,))
 
 
 # -- ready-made messages ------------------------------------------------------------------------
