@@ -72,10 +72,10 @@ async def rate(spec: dict[str, Any]) -> dict[str, Any]:
     begin = time.perf_counter() + spec["warmup"]
     end = begin + spec["duration"]
     latencies: list[float] = []
-    errors = 0
+    errors = completed = 0
 
     async def worker(i: int) -> None:
-        nonlocal errors
+        nonlocal errors, completed
         call = calls[i % len(calls)]
         while True:
             t0 = time.perf_counter()
@@ -86,11 +86,14 @@ async def rate(spec: dict[str, Any]) -> dict[str, Any]:
             except grpc.RpcError:
                 errors += 1
                 continue
+            completed += 1
             t1 = time.perf_counter()
             if t0 >= begin and t1 <= end:
                 latencies.append(t1 - t0)
 
+    cpu = time.process_time()
     await asyncio.gather(*(worker(i) for i in range(spec["concurrency"])))
+    cpu = time.process_time() - cpu
     for c in channels:
         await c.close()
     return {
@@ -98,6 +101,10 @@ async def rate(spec: dict[str, Any]) -> dict[str, Any]:
         "seconds": spec["duration"],
         "errors": errors,
         "latencies": latencies,
+        # The whole run, warm-up included, without the process's start-up: what one call cost
+        # the client (bench.profile_warm --sampler threads).
+        "completed": completed,
+        "cpu_seconds": cpu,
     }
 
 

@@ -23,6 +23,11 @@ log, metrics observer), and prints where the server's time went.
   the server and the client process spent per call is read from /proc over the client's run.
   On two cores both are busy, so the rate follows the sum: this says which thread pays for the
   difference, without slowing anything down.
+- `calls`: counts instead of timing, for a machine whose rates drift more than a change is worth.
+  `pkgloader serve`'s server (production wiring, access log to /dev/null) and a bare aio handler
+  run in this process, on the gRPC loop, each driven by the client process; `sys.setprofile` on
+  the loop thread counts Python and C function calls, printed per call with the `--top`
+  functions whose counts differ most. The counts are the same from run to run.
 
 Not one of `python -m bench`'s benchmarks: a tool for finding what to cut.
 """
@@ -42,9 +47,13 @@ import statistics
 import subprocess
 import sys
 import threading
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
+from grpc import aio
 
 from bench._baselines import METHOD as BARE_METHOD
 from bench._common import (
@@ -113,10 +122,6 @@ def _server_env(port: int, work: Path) -> dict[str, str]:
     return env
 
 
-#: seconds of Loads before the client's timed window
-_WARMUP = 0.5
-
-
 def _client_spec(port: int, request: bytes, seconds: float) -> dict[str, object]:
     return {
         "mode": "rate",
@@ -125,7 +130,7 @@ def _client_spec(port: int, request: bytes, seconds: float) -> dict[str, object]
         "request": base64.b64encode(request).decode(),
         "concurrency": 64,
         "channels": 1,
-        "warmup": _WARMUP,
+        "warmup": 0.5,
         "duration": seconds,
     }
 
@@ -136,7 +141,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--top", type=int, default=35)
     parser.add_argument("--sort", default="tottime", choices=["tottime", "cumulative"])
-    parser.add_argument("--sampler", default="cprofile", choices=["cprofile", "py-spy", "threads"])
+    parser.add_argument(
+        "--sampler", default="cprofile", choices=["cprofile", "py-spy", "threads", "calls"]
+    )
     parser.add_argument("--rounds", type=int, default=3, help="threads: rounds per server")
     parser.add_argument(
         "--work", type=Path, default=OUT, help="py-spy: where its samples and cache go"
@@ -149,6 +156,9 @@ def main() -> None:
         return
     if args.sampler == "threads":
         _threads(args.seconds, args.rounds, args.work)
+        return
+    if args.sampler == "calls":
+        _calls(args.seconds, args.top, args.work)
         return
     OUT.mkdir(parents=True, exist_ok=True)
     stats_file = OUT / "warm.pstats"
@@ -264,18 +274,15 @@ def _thread_ticks(pid: int) -> dict[int, int]:
 
 def _per_call(pid: int, port: int, method: str, request: bytes, seconds: float) -> list[float]:
     """Requests per second, then µs of CPU per call: the server's busiest thread (its event
-    loop), its second (grpcio's poller), the rest of it, and the client process."""
-    before, client_before = _thread_ticks(pid), os.times()
-    spec = {**_client_spec(port, request, seconds), "method": method}
-    answer = run_client(spec, cpus=None)
-    after, client_after = _thread_ticks(pid), os.times()
-    # CPU is read over the client's whole run, so it is shared among the calls of the whole
-    # run: the timed window's rate extended over the warm-up as well.
-    calls = answer["count"] / seconds * (seconds + _WARMUP)
+    loop), its second busiest (grpcio's poller; the access log's writer comes after it), the
+    rest of it, and the client process (its calls only, not its start-up)."""
+    before = _thread_ticks(pid)
+    answer = run_client({**_client_spec(port, request, seconds), "method": method}, cpus=None)
+    after = _thread_ticks(pid)
+    calls = answer["completed"]  # warm-up and timed window: the span the ticks were read over
     used = [*sorted((after[t] - before.get(t, 0) for t in after), reverse=True), 0, 0]
-    client = sum(client_after[2:4]) - sum(client_before[2:4])
     micros = [ticks / _TICK * 1e6 / calls for ticks in (used[0], used[1], sum(used[2:]))]
-    return [answer["count"] / seconds, *micros, client * 1e6 / calls]
+    return [answer["count"] / seconds, *micros, answer["cpu_seconds"] * 1e6 / calls]
 
 
 def _threads(seconds: float, rounds: int, work: Path) -> None:
@@ -314,6 +321,88 @@ def _threads(seconds: float, rounds: int, work: Path) -> None:
             f"{name:17} {rate:7,.0f} {loop:8.0f} {poller:7.0f} {others:7.0f} {client:7.0f} "
             f"{every:6.0f}"
         )
+
+
+def _calls(seconds: float, top: int, work: Path) -> None:
+    """Function calls per call on the gRPC loop thread: `pkgloader serve`'s server and a bare
+    handler of the same call shape, in this process, each under the client's load."""
+    from pkgloader import app as app_module
+    from pkgloader import logs
+    from pkgloader.rpc import server as rpc_server
+    from pkgloader.settings import Settings
+
+    work.mkdir(parents=True, exist_ok=True)
+    logs.configure("INFO").writer.stream = open(os.devnull, "w")  # noqa: SIM115 - until exit
+    app = app_module.build(Settings.load(_server_env(0, work)))
+    server, port = app_module.create_server(app, address="127.0.0.1:0")
+    server.start()
+    app_module.set_serving(app, True)
+    request = load_request(WABT.as_uri(), WABT_SHA256, content=False)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = next(iter(channel.unary_stream(LOAD)(request, timeout=60)))
+    served = [0]
+
+    async def bare(request: bytes, context: object) -> Any:
+        served[0] += 1
+        yield reply
+
+    def make() -> tuple[aio.Server, int]:
+        handlers = {"Call": grpc.unary_stream_rpc_method_handler(bare)}
+        bare_server = aio.server(options=[("grpc.so_reuseport", 0)])
+        service, _, method = BARE_METHOD.strip("/").partition("/")
+        bare_server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, {method: handlers["Call"]}),)
+        )
+        return bare_server, bare_server.add_insecure_port("127.0.0.1:0")
+
+    bare_srv, bare_port = rpc_server.Server.build(make)
+    bare_srv.start()
+
+    def loads() -> float:
+        value = app.metrics.registry.get_sample_value(
+            "pkgloader_rpc_duration_seconds_count", {"method": "Load", "code": "OK"}
+        )
+        return value or 0.0
+
+    def counted(port: int, method: str, body: bytes, calls: Callable[[], float]) -> Counter[str]:
+        counts: Counter[str] = collections.Counter()
+
+        def profile(frame: Any, event: str, arg: Any) -> None:
+            if event == "call":
+                code = frame.f_code
+                counts[f"{Path(code.co_filename).name}:{code.co_name}"] += 1
+            elif event == "c_call":
+                counts[f"{getattr(arg, '__qualname__', arg)} [C]"] += 1
+
+        async def set_profile(function: Any) -> None:
+            sys.setprofile(function)
+
+        spec = {**_client_spec(port, body, seconds), "method": method}
+        run_client({**spec, "duration": 0.5}, cpus=None)  # warm both ends first
+        before = calls()
+        rpc_server.run(set_profile(profile))
+        try:
+            run_client(spec, cpus=None)
+        finally:
+            rpc_server.run(set_profile(None))
+        made = calls() - before
+        return collections.Counter({name: n / made for name, n in counts.items()})
+
+    try:
+        ours = counted(port, LOAD, request, loads)
+        theirs = counted(bare_port, BARE_METHOD, b"", lambda: float(served[0]))
+    finally:
+        bare_srv.stop(None).wait()
+        server.stop(None).wait()
+        app.close()
+    print("function calls per call on the gRPC loop thread, 64 in flight:")
+    for name, counts in (("pkgloader serve, warm Load", ours), ("bare grpcio aio", theirs)):
+        python = sum(n for key, n in counts.items() if not key.endswith("[C]"))
+        print(f"{name:28} {python:6.0f} Python {sum(counts.values()) - python:6.0f} C")
+    print(f"--- the {top} that differ most (pkgloader minus bare, per call)")
+    differ = sorted(set(ours) | set(theirs), key=lambda k: -abs(ours[k] - theirs[k]))
+    for key in differ[:top]:
+        print(f"{ours[key] - theirs[key]:+7.2f}  {key}")
 
 
 if __name__ == "__main__":
