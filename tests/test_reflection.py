@@ -35,8 +35,9 @@ def comments(proto: descriptor_pb2.FileDescriptorProto) -> list[str]:
         {"file_by_filename": OURS},
         {"file_containing_symbol": "pkgloader.v1.PackageLoaderService"},
         {"file_containing_symbol": "pkgloader.v1.LoadRequest"},
+        {"file_containing_symbol": "pkgloader.v1.PackageLoaderService.Load"},
     ],
-    ids=["by-filename", "by-service", "by-message"],
+    ids=["by-filename", "by-service", "by-message", "by-method"],
 )
 def test_every_way_of_asking_for_our_file_gets_its_comments(
     server: Running, request_: dict[str, str]
@@ -47,6 +48,33 @@ def test_every_way_of_asking_for_our_file_gets_its_comments(
     assert any("Loads packages for other services" in c for c in comments(files[OURS]))
     assert any("The package to load." in c for c in comments(files[OURS]))
     assert "google/protobuf/duration.proto" in files
+
+
+def test_a_method_is_found_in_its_services_file_and_the_request_echoed(server: Running) -> None:
+    """What `grpcurl describe Service.Method` asks: the file of a method, ours or not; each
+    response echoes the request as the client sent it; an unknown name is still NOT_FOUND."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(server.channel)
+    asked = [
+        reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="pkgloader.v1.PackageLoaderService.Evict"
+        ),
+        reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="grpc.health.v1.Health.Check"
+        ),
+        reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="pkgloader.v1.PackageLoaderService.Nope"
+        ),
+    ]
+    ours, health, unknown = stub.ServerReflectionInfo(iter(asked), timeout=10)
+    assert [r.original_request for r in (ours, health, unknown)] == asked
+    names = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw).name
+        for raw in ours.file_descriptor_response.file_descriptor_proto
+    ]
+    assert OURS in names
+    [raw] = health.file_descriptor_response.file_descriptor_proto
+    assert descriptor_pb2.FileDescriptorProto.FromString(raw).name == "grpc_health/v1/health.proto"
+    assert unknown.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
 
 
 def test_other_files_are_served_unchanged(server: Running) -> None:

@@ -1,19 +1,26 @@
-"""Server reflection that keeps the proto comments.
+"""Server reflection that keeps the proto comments, and answers for methods too.
 
 grpcio-reflection answers from the descriptor pool, re-serializing each file with CopyToProto;
 the descriptors compiled into generated modules carry no source info, so tools like grpcurl
 would describe our API without a word of its documentation. `make protos` also writes the
 descriptor set with source info; for our own files this servicer sends those bytes instead.
 Everything else (well-known types, health, reflection itself) comes from the pool as before.
+
+Methods: `grpcurl describe pkgloader.v1.PackageLoaderService.Load` asks for the file containing
+the method's name, which protobuf's upb descriptor pool does not find (`FindFileContainingSymbol`
+knows services, messages, fields, enums, not methods), so grpcio-reflection answered NOT_FOUND.
+Such a request is asked as its service's, the file that holds both, and answered with the
+client's request echoed as it came.
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import AsyncIterable, AsyncIterator
 from importlib import resources
 from typing import Any
 
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection
 
 
@@ -42,7 +49,17 @@ class CommentedReflection(reflection.aio.ReflectionServicer):  # type: ignore[mi
     async def ServerReflectionInfo(
         self, request_iterator: AsyncIterable[Any], context: Any
     ) -> AsyncIterator[Any]:
-        async for response in super().ServerReflectionInfo(request_iterator, context):
+        # One response per request, in order: the client's own request, for each response.
+        asked: collections.deque[Any] = collections.deque()
+
+        async def requests() -> AsyncIterator[Any]:
+            async for request in request_iterator:
+                asked.append(request)
+                yield _by_service(request)
+
+        async for response in super().ServerReflectionInfo(requests(), context):
+            if asked:
+                response.original_request.CopyFrom(asked.popleft())
             yield self._with_comments(response)
 
     def _with_comments(self, response: Any) -> Any:
@@ -53,3 +70,17 @@ class CommentedReflection(reflection.aio.ReflectionServicer):  # type: ignore[mi
                 if name in self._files:
                     protos[i] = self._files[name]
         return response
+
+
+def _by_service(request: Any) -> Any:
+    """`request`, or, when it asks for the file containing a method, the same for its service."""
+    if request.WhichOneof("message_request") != "file_containing_symbol":
+        return request
+    try:
+        method = descriptor_pool.Default().FindMethodByName(request.file_containing_symbol)
+    except KeyError:
+        return request  # not a method: asked as it came (a wrong name stays NOT_FOUND)
+    asked = type(request)()
+    asked.CopyFrom(request)
+    asked.file_containing_symbol = method.containing_service.full_name
+    return asked
