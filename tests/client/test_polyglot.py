@@ -58,6 +58,15 @@ def test_grpcurl_lists_and_describes_through_reflection(server: Running, grpcurl
     assert "Loads packages for other services" in described.stdout
     message = run([grpcurl, "-plaintext", server.address, "describe", "pkgloader.v1.Package"])
     assert "Source source = 3;" in message.stdout
+    # One method, ours and health's (protobuf's upb pool finds no method by name; see
+    # CommentedReflection).
+    method = run([grpcurl, "-plaintext", server.address, "describe", f"{SERVICE}.Load"])
+    assert method.returncode == 0, method.stderr
+    assert f"{SERVICE}.Load is a method:" in method.stdout
+    assert "Returns a package from the memory cache" in method.stdout
+    check = run([grpcurl, "-plaintext", server.address, "describe", "grpc.health.v1.Health.Check"])
+    assert check.returncode == 0, check.stderr
+    assert "rpc Check ( .grpc.health.v1.HealthCheckRequest )" in check.stdout
 
 
 @needs_x86_64
