@@ -105,6 +105,8 @@ def test_an_idle_reflection_stream_is_ended_and_frees_its_place(
         with pytest.raises(grpc.RpcError) as ended:
             next(first.replies)
         assert ended.value.code() == grpc.StatusCode.CANCELLED
+        # With the ErrorInfo every error of ours carries (the client maps STREAM_IDLE).
+        assert error_info(ended.value).reason == "STREAM_IDLE"
         first.close()
         # Counted as a cancelled call, not OK and not INTERNAL.
         assert wait_until(lambda: cancelled(server) == 1, timeout=10)

@@ -34,6 +34,7 @@ from pkgloader_client import SERVICE_NAME
 
 from pkgloader import logs
 from pkgloader.errors import (
+    InvalidRequest,
     PkgloaderError,
     ResponseTooLarge,
     SendStalled,
@@ -160,11 +161,13 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         inner = handler.stream_unary if streamed_request else handler.unary_unary
         on_loop = inspect.iscoroutinefunction(inner)
         serialize = handler.response_serializer
+        deserialize = handler.request_deserializer
 
         async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> bytes:
             call = self._begin(context, method)
             started, code = time.perf_counter(), "OK"
             try:
+                request = _request(deserialize, request, streamed=streamed_request)
                 self._authorize(method, call, None if streamed_request else request)
                 self._admit_call(method)
                 if on_loop:
@@ -201,7 +204,7 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             if streamed_request
             else grpc.unary_unary_rpc_method_handler
         )
-        return make(unary, handler.request_deserializer, None)
+        return make(unary, None, None)  # requests parsed in the call: `_parsed`
 
     def _wrap_stream(self, handler: Any, method: str) -> Any:
         # Server streams (Load, Scan, health Watch) and bidi streams (reflection) alike.
@@ -214,13 +217,14 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             # A behaviour that writes its messages itself (grpcio's health Watch, which sends
             # only when the status changes): no message of ours to watch or check.
             return make(
-                self._writer(inner, method, bidi),
-                handler.request_deserializer,
+                self._writer(inner, method, bidi, handler.request_deserializer),
+                None,  # parsed in the call: `_parsed`
                 handler.response_serializer,
             )
         on_loop = inspect.isasyncgenfunction(inner)
         infra = method.startswith(_INFRA)
         serialize = handler.response_serializer or _as_bytes
+        deserialize = handler.request_deserializer
 
         def source(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             if on_loop:
@@ -240,6 +244,7 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             stalled: list[PkgloaderError] = []
             watch = self._sends
             try:
+                request = _request(deserialize, request, streamed=bidi)
                 self._authorize(method, call, None if bidi else request)
                 self._admit_call(method)
                 end.release = self._admit(method, request, context)
@@ -263,7 +268,7 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                         if end.stalled is not None:
                             # The watch ended this call while the message waited; the client
                             # has read it now, and is told how the call ended.
-                            _set_status(context, grpc.StatusCode.CANCELLED, end.stalled, ())
+                            _set_status(context, *_error_status(end.stalled))
                             return
                     if not sent:
                         end.code = "CANCELLED"
@@ -281,7 +286,7 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                     error = stalled[0]
                     call.error, call.reason = error.message, error.reason
                     end.code = "CANCELLED"
-                    _set_status(context, grpc.StatusCode.CANCELLED, error.message, ())
+                    _set_status(context, *_error_status(error))
                     return
                 end.code, status = self._failure(exc, method, call)
                 _set_status(context, *status)
@@ -295,13 +300,20 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             if False:  # pragma: no cover - makes this function an async generator
                 yield
 
-        return make(stream, handler.request_deserializer, handler.response_serializer)
+        return make(stream, None, handler.response_serializer)  # requests: `_parsed`
 
-    def _writer(self, inner: Callable[..., Awaitable[None]], method: str, bidi: bool) -> Any:
+    def _writer(
+        self,
+        inner: Callable[..., Awaitable[None]],
+        method: str,
+        bidi: bool,
+        deserialize: Callable[[bytes], Any] | None,
+    ) -> Any:
         async def writer(request: Any, context: aio.ServicerContext[Any, Any]) -> None:
             call = self._begin(context, method)
             started, code = time.perf_counter(), "OK"
             try:
+                request = _request(deserialize, request, streamed=bidi)
                 self._authorize(method, call, None if bidi else request)
                 await inner(request, context)
             except asyncio.CancelledError:
@@ -455,7 +467,7 @@ class _End:
         #: the task closing them, when `expire` started it
         self.closing: asyncio.Task[None] | None = None
         #: why the watch ended the call (its status details), once it has
-        self.stalled: str | None = None
+        self.stalled: PkgloaderError | None = None
         #: the call's context (its record, its span), for closing it from the watch's timer
         self.context = contextvars.copy_context()
 
@@ -472,7 +484,7 @@ class _End:
         behaviour is closed, the call's places given back and its line logged."""
         self.call.error, self.call.reason = error.message, error.reason
         self.code = "CANCELLED"
-        self.stalled = error.message
+        self.stalled = error
         items, self.items = self.items, None
         self.closing = asyncio.get_running_loop().create_task(
             self._expired(items), context=self.context
@@ -546,6 +558,31 @@ class _SendWatch:
 
 def _as_bytes(item: Any) -> bytes:
     return bytes(item)
+
+
+def _parsed(deserialize: Callable[[bytes], Any] | None, raw: Any) -> Any:
+    """A request message from its bytes, parsed in the call: a request that is not a valid
+    message is INVALID_ARGUMENT, logged and counted like any bad request. (Left to grpc, the
+    parse fails before the call starts: UNKNOWN with a Python class name in its details, a
+    traceback in the log, no access-log line and no metrics.)"""
+    if deserialize is None:
+        return raw
+    try:
+        return deserialize(raw)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, or a custom parser's
+        raise InvalidRequest(f"the request is not a valid message: {exc}") from None
+
+
+def _request(deserialize: Callable[[bytes], Any] | None, request: Any, *, streamed: bool) -> Any:
+    """The call's request parsed (`_parsed`), or a client stream's requests, each parsed."""
+    if deserialize is None:
+        return request
+    return _parse_each(deserialize, request) if streamed else _parsed(deserialize, request)
+
+
+async def _parse_each(deserialize: Callable[[bytes], Any], requests: Any) -> AsyncIterator[Any]:
+    async for raw in requests:
+        yield _parsed(deserialize, raw)
 
 
 async def _written(context: aio.ServicerContext[Any, Any], item: Any) -> bool:
@@ -689,6 +726,13 @@ def _note_trace(call: CallRecord) -> None:
         status = grpc.StatusCode[call.code]
         span.set_attribute("rpc.grpc.status_code", status.value[0])
         span.set_status(trace.StatusCode.ERROR, call.code)
+
+
+def _error_status(error: PkgloaderError) -> tuple[grpc.StatusCode, str, tuple[Any, ...]]:
+    """How the server ending a call itself (`SendStalled`, `StreamIdle`) is told to its client:
+    the mapped code and details, with the ErrorInfo every error of ours carries."""
+    status = to_status(error)
+    return status.code, status.details, tuple(status.trailing_metadata or ())
 
 
 def _send_stalled(timeout: float) -> PkgloaderError:

@@ -41,6 +41,9 @@ MAX_PROBLEMS = 10  # problems listed per invalid package ...
 MAX_PROBLEM_CHARS = 1000  # ... each cut to this many characters
 INVALID_BUDGET = 1024 * 1024  # serialized bytes of InvalidPackage items per response
 MAX_LIST = 100_000  # hashes per Retain/Evict list; far beyond a real cache, bounds the work
+#: A package id ("namespace/name@version") is echoed in the response: far beyond any real one,
+#: as webc_url's limit is, so a huge one is a bad request, not a response over the send limit.
+MAX_PACKAGE_ID = 8192
 
 _POLICIES = {
     pb.HASH_VALIDATION_UNSPECIFIED: None,
@@ -116,6 +119,8 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
     @staticmethod
     def _load_request(request: pb.LoadRequest, call: calls.CallRecord) -> LoadRequest:
         dist = request.summary.dist
+        if len(request.summary.package_id) > MAX_PACKAGE_ID:
+            _package_id(request.summary)  # raises InvalidRequest
         call.package_id = request.summary.package_id[:200]
         call.sha256 = dist.webc_sha256[:64]
         return LoadRequest(
@@ -266,7 +271,7 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
             root = TreeRoot(
                 url=dist.webc_url,
                 sha256=WebcHash.parse(dist.webc_sha256).hex,
-                package_id=summary.package_id,
+                package_id=_package_id(summary),
                 size=dist.webc_size if dist.HasField("webc_size") else None,
             )
         else:
@@ -368,7 +373,7 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
             load = LoadRequest(
                 url=summary.dist.webc_url,
                 sha256=summary.dist.webc_sha256,
-                package_id=summary.package_id,
+                package_id=_package_id(summary),
                 size_hint=summary.dist.webc_size if summary.dist.HasField("webc_size") else None,
             )
         call = calls.current()
@@ -406,6 +411,17 @@ def _seconds(duration: duration_pb2.Duration, name: str) -> float:
             "and 999999999 nanoseconds"
         )
     return duration.seconds + duration.nanos / 1e9
+
+
+def _package_id(summary: Any) -> str:
+    """A summary's package id, within `MAX_PACKAGE_ID`."""
+    package_id: str = summary.package_id
+    if len(package_id) > MAX_PACKAGE_ID:
+        raise InvalidRequest(
+            f"package_id is {len(package_id)} characters long; at most {MAX_PACKAGE_ID} are "
+            "accepted"
+        )
+    return package_id
 
 
 def _enum(table: Mapping[Any, Any], value: int, name: str) -> Any:
