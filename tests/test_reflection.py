@@ -51,7 +51,8 @@ def test_every_way_of_asking_for_our_file_gets_its_comments(
 
 
 def test_a_method_is_found_in_its_services_file_and_the_request_echoed(server: Running) -> None:
-    """What `grpcurl describe Service.Method` asks: the file of a method, ours or not; each
+    """What `grpcurl describe Service.Method` (or `Enum.VALUE`) asks: the file of a method,
+    ours or not, and of an enum value; each
     response echoes the request as the client sent it; an unknown name is still NOT_FOUND."""
     stub = reflection_pb2_grpc.ServerReflectionStub(server.channel)
     asked = [
@@ -65,8 +66,17 @@ def test_a_method_is_found_in_its_services_file_and_the_request_echoed(server: R
             file_containing_symbol="pkgloader.v1.PackageLoaderService.Nope"
         ),
     ]
-    ours, health, unknown = stub.ServerReflectionInfo(iter(asked), timeout=10)
-    assert [r.original_request for r in (ours, health, unknown)] == asked
+    asked.append(
+        reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="pkgloader.v1.HashValidation.HASH_VALIDATION_FAIL"
+        )
+    )
+    ours, health, unknown, value = stub.ServerReflectionInfo(iter(asked), timeout=10)
+    assert [r.original_request for r in (ours, health, unknown, value)] == asked
+    assert OURS in [
+        descriptor_pb2.FileDescriptorProto.FromString(raw).name
+        for raw in value.file_descriptor_response.file_descriptor_proto
+    ]
     names = [
         descriptor_pb2.FileDescriptorProto.FromString(raw).name
         for raw in ours.file_descriptor_response.file_descriptor_proto

@@ -6,11 +6,12 @@ would describe our API without a word of its documentation. `make protos` also w
 descriptor set with source info; for our own files this servicer sends those bytes instead.
 Everything else (well-known types, health, reflection itself) comes from the pool as before.
 
-Methods: `grpcurl describe pkgloader.v1.PackageLoaderService.Load` asks for the file containing
-the method's name, which protobuf's upb descriptor pool does not find (`FindFileContainingSymbol`
-knows services, messages, fields, enums, not methods), so grpcio-reflection answered NOT_FOUND.
-Such a request is asked as its service's, the file that holds both, and answered with the
-client's request echoed as it came.
+Methods and enum values: `grpcurl describe pkgloader.v1.PackageLoaderService.Load` (or
+`pkgloader.v1.HashValidation.HASH_VALIDATION_FAIL`) asks for the file containing that name,
+which protobuf's upb descriptor pool does not find (`FindFileContainingSymbol` knows services,
+messages, fields and enums, not methods, and enum values only in protobuf's own scoping), so
+grpcio-reflection answered NOT_FOUND. Such a request is asked as its service's (its enum's), the
+file that holds both, and answered with the client's request echoed as it came.
 """
 
 from __future__ import annotations
@@ -73,14 +74,29 @@ class CommentedReflection(reflection.aio.ReflectionServicer):  # type: ignore[mi
 
 
 def _by_service(request: Any) -> Any:
-    """`request`, or, when it asks for the file containing a method, the same for its service."""
+    """`request`, or, when it asks for the file containing a method (an enum value), the same
+    for its service (its enum)."""
     if request.WhichOneof("message_request") != "file_containing_symbol":
         return request
-    try:
-        method = descriptor_pool.Default().FindMethodByName(request.file_containing_symbol)
-    except KeyError:
-        return request  # not a method: asked as it came (a wrong name stays NOT_FOUND)
+    symbol = request.file_containing_symbol
+    holder = _holder(descriptor_pool.Default(), symbol)
+    if holder is None:
+        return request  # asked as it came (an unknown name stays NOT_FOUND)
     asked = type(request)()
     asked.CopyFrom(request)
-    asked.file_containing_symbol = method.containing_service.full_name
+    asked.file_containing_symbol = holder
     return asked
+
+
+def _holder(pool: descriptor_pool.DescriptorPool, symbol: str) -> str | None:
+    """The service of a method named `symbol`, or the enum of such a value; None otherwise."""
+    try:
+        return str(pool.FindMethodByName(symbol).containing_service.full_name)
+    except KeyError:
+        pass
+    parent, _, value = symbol.rpartition(".")
+    try:
+        enum = pool.FindEnumTypeByName(parent)
+    except KeyError:
+        return None
+    return str(enum.full_name) if value in enum.values_by_name else None
