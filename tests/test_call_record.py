@@ -3,6 +3,7 @@ threads, and the one thing the access log and the metrics read."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -262,47 +263,53 @@ def _refusing_stream(request: bytes, context: grpc.ServicerContext) -> Iterator[
     yield from ()
 
 
+@contextlib.contextmanager
+def _serving(tmp_path: Path, handlers: dict[str, Any]) -> Iterator[tuple[app_module.App, Any]]:
+    """The production server with `handlers` served beside ours (`create_server(services=)`),
+    and a channel to it."""
+    app = app_module.build(test_settings(tmp_path))
+    generic = grpc.method_handlers_generic_handler(_SERVICE, handlers)
+    server, port = app_module.create_server(app, services=[generic])
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield app, channel
+    finally:
+        server.stop(None).wait()
+        app.close()
+
+
 def test_a_code_a_blocking_behaviour_set_is_its_status_raised_or_not(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A blocking behaviour that sets a code and then raises (grpc's generated bases) or
     returns answers with that code, as grpc's own servers do: not INTERNAL, and nothing
     logged as an unexpected error. Health's List, unimplemented by grpcio's servicer, is one."""
-    app = app_module.build(test_settings(tmp_path))
-    handler = grpc.method_handlers_generic_handler(
-        _SERVICE,
-        {
-            "Unimplemented": grpc.unary_unary_rpc_method_handler(_unimplemented),
-            "UnimplementedStream": grpc.unary_stream_rpc_method_handler(_unimplemented_stream),
-            "Refusing": grpc.unary_stream_rpc_method_handler(_refusing_stream),
-        },
-    )
-    server, port = app_module.create_server(app, services=[handler])
-    server.start()
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            with pytest.raises(grpc.RpcError) as unary:
-                channel.unary_unary(f"/{_SERVICE}/Unimplemented", None, None)(b"", timeout=30)
-            assert unary.value.code() == grpc.StatusCode.UNIMPLEMENTED
-            assert unary.value.details() == "Method not implemented!"
-            streaming = channel.unary_stream(f"/{_SERVICE}/UnimplementedStream", None, None)
-            stream = iter(streaming(b"", timeout=30))
-            assert next(stream) == b"first"
-            with pytest.raises(grpc.RpcError) as streamed:
-                next(stream)
-            assert streamed.value.code() == grpc.StatusCode.UNIMPLEMENTED
-            assert streamed.value.details() == "the rest is not implemented"
-            with pytest.raises(grpc.RpcError) as refused:
-                list(channel.unary_stream(f"/{_SERVICE}/Refusing", None, None)(b"", timeout=30))
-            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert refused.value.details() == "not now"
-            health_stub = health_pb2_grpc.HealthStub(channel)
-            with pytest.raises(grpc.RpcError) as listed:
-                health_stub.List(health_pb2.HealthListRequest(), timeout=30)
-            assert listed.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    finally:
-        server.stop(None).wait()
-        app.close()
+    handlers = {
+        "Unimplemented": grpc.unary_unary_rpc_method_handler(_unimplemented),
+        "UnimplementedStream": grpc.unary_stream_rpc_method_handler(_unimplemented_stream),
+        "Refusing": grpc.unary_stream_rpc_method_handler(_refusing_stream),
+    }
+    with _serving(tmp_path, handlers) as (app, channel):
+        with pytest.raises(grpc.RpcError) as unary:
+            channel.unary_unary(f"/{_SERVICE}/Unimplemented", None, None)(b"", timeout=30)
+        assert unary.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert unary.value.details() == "Method not implemented!"
+        streaming = channel.unary_stream(f"/{_SERVICE}/UnimplementedStream", None, None)
+        stream = iter(streaming(b"", timeout=30))
+        assert next(stream) == b"first"
+        with pytest.raises(grpc.RpcError) as streamed:
+            next(stream)
+        assert streamed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert streamed.value.details() == "the rest is not implemented"
+        with pytest.raises(grpc.RpcError) as refused:
+            list(channel.unary_stream(f"/{_SERVICE}/Refusing", None, None)(b"", timeout=30))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert refused.value.details() == "not now"
+        health_stub = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.RpcError) as listed:
+            health_stub.List(health_pb2.HealthListRequest(), timeout=30)
+        assert listed.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     for method, code in (
         ("Unimplemented", "UNIMPLEMENTED"),
@@ -336,31 +343,21 @@ def test_abort_after_a_set_code_and_a_bug_after_one_keep_their_own_status(
     """Only NotImplementedError turns a set code into the status: an abort's own status wins
     over a code set before it, and any other exception after a set code is still an error of
     ours, INTERNAL and logged with its traceback."""
-    app = app_module.build(test_settings(tmp_path))
-    handler = grpc.method_handlers_generic_handler(
-        _SERVICE,
-        {
-            "SetThenAbort": grpc.unary_unary_rpc_method_handler(_set_then_abort),
-            "SetThenFail": grpc.unary_stream_rpc_method_handler(_set_then_fail),
-        },
-    )
-    server, port = app_module.create_server(app, services=[handler])
-    server.start()
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            with pytest.raises(grpc.RpcError) as aborted:
-                channel.unary_unary(f"/{_SERVICE}/SetThenAbort", None, None)(b"", timeout=30)
-            assert aborted.value.code() == grpc.StatusCode.PERMISSION_DENIED
-            assert aborted.value.details() == "denied"
-            streaming = channel.unary_stream(f"/{_SERVICE}/SetThenFail", None, None)
-            stream = iter(streaming(b"", timeout=30))
-            assert next(stream) == b"first"
-            with pytest.raises(grpc.RpcError) as failed:
-                next(stream)
-            assert failed.value.code() == grpc.StatusCode.INTERNAL
-    finally:
-        server.stop(None).wait()
-        app.close()
+    handlers = {
+        "SetThenAbort": grpc.unary_unary_rpc_method_handler(_set_then_abort),
+        "SetThenFail": grpc.unary_stream_rpc_method_handler(_set_then_fail),
+    }
+    with _serving(tmp_path, handlers) as (_, channel):
+        with pytest.raises(grpc.RpcError) as aborted:
+            channel.unary_unary(f"/{_SERVICE}/SetThenAbort", None, None)(b"", timeout=30)
+        assert aborted.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert aborted.value.details() == "denied"
+        streaming = channel.unary_stream(f"/{_SERVICE}/SetThenFail", None, None)
+        stream = iter(streaming(b"", timeout=30))
+        assert next(stream) == b"first"
+        with pytest.raises(grpc.RpcError) as failed:
+            next(stream)
+        assert failed.value.code() == grpc.StatusCode.INTERNAL
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [r.exc_info[1] for r in errors if r.exc_info] != []
     assert all(isinstance(r.exc_info[1], ValueError) for r in errors if r.exc_info)

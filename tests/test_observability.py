@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 
 import grpc
 import httpx
@@ -25,6 +27,20 @@ def scrape(port: int) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             values[name] = float(value)
     return values
+
+
+@contextlib.contextmanager
+def _logging_to(handler: logging.Handler, name: str, level: int) -> Iterator[logging.Logger]:
+    """A logger of its own that writes through `handler` only; the handler closed after."""
+    logger = logging.getLogger(name)
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def test_metrics_count_loads_bytes_downloads_and_latency(
@@ -180,11 +196,7 @@ def test_queued_log_handler_writes_every_line_in_order_and_drains_on_close(tmp_p
 
     stream = io.StringIO()
     handler = RecordQueueHandler(stream, JsonFormatter())
-    logger = logging.getLogger("pkgloader.test-queued")
-    logger.propagate = False
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with _logging_to(handler, "pkgloader.test-queued", logging.INFO) as logger:
 
         def burst(n: int) -> None:
             for i in range(500):
@@ -195,9 +207,6 @@ def test_queued_log_handler_writes_every_line_in_order_and_drains_on_close(tmp_p
             thread.start()
         for thread in threads:
             thread.join()
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
     entries = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert len(entries) == 8 * 500
     for n in range(8):
@@ -216,18 +225,11 @@ def test_queued_log_handler_applies_its_filters_and_level() -> None:
     handler = RecordQueueHandler(stream, JsonFormatter())
     handler.addFilter(lambda record: record.getMessage() != "dropped")
     handler.setLevel(logging.INFO)
-    logger = logging.getLogger("pkgloader.test-filtered")
-    logger.propagate = False
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
+    with _logging_to(handler, "pkgloader.test-filtered", logging.DEBUG) as logger:
         logger.info("kept")
         logger.info("dropped")
         logger.debug("below the handler's level")
         logger.warning("kept too")
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
     assert [json.loads(line)["msg"] for line in stream.getvalue().splitlines()] == [
         "kept",
         "kept too",
@@ -259,19 +261,14 @@ def test_log_lines_are_written_in_batches_off_the_logging_thread() -> None:
     stream = Recording()
     handler = RecordQueueHandler(stream, JsonFormatter())
     handler.writer.max_lines = 100
-    logger = logging.getLogger("pkgloader.test-batches")
-    logger.propagate = False
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        logger.info("first")
-        assert stream.first.wait(30)
-        for i in range(250):
-            logger.info("piled up", extra={"seq": i})
-        stream.go_on.set()
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
+    with _logging_to(handler, "pkgloader.test-batches", logging.INFO) as logger:
+        try:
+            logger.info("first")
+            assert stream.first.wait(30)
+            for i in range(250):
+                logger.info("piled up", extra={"seq": i})
+        finally:
+            stream.go_on.set()  # never leave the writer held: close() waits for it
     assert all(name != threading.current_thread().name for name, _ in stream.writes[:-1])
     assert stream.writes[0][1] == 1
     assert sum(n for _, n in stream.writes) == 251
