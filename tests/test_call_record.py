@@ -279,6 +279,22 @@ def _serving(tmp_path: Path, handlers: dict[str, Any]) -> Iterator[tuple[app_mod
         app.close()
 
 
+def _unary_error(channel: Any, name: str) -> grpc.RpcError:
+    """The error a unary call of `name` ends with."""
+    with pytest.raises(grpc.RpcError) as failed:
+        channel.unary_unary(f"/{_SERVICE}/{name}", None, None)(b"", timeout=30)
+    return failed.value
+
+
+def _error_after_first(channel: Any, name: str) -> grpc.RpcError:
+    """The error a stream of `name` ends with, after its first message (b"first")."""
+    stream = iter(channel.unary_stream(f"/{_SERVICE}/{name}", None, None)(b"", timeout=30))
+    assert next(stream) == b"first"
+    with pytest.raises(grpc.RpcError) as failed:
+        next(stream)
+    return failed.value
+
+
 def test_a_code_a_blocking_behaviour_set_is_its_status_raised_or_not(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -291,17 +307,12 @@ def test_a_code_a_blocking_behaviour_set_is_its_status_raised_or_not(
         "Refusing": grpc.unary_stream_rpc_method_handler(_refusing_stream),
     }
     with _serving(tmp_path, handlers) as (app, channel):
-        with pytest.raises(grpc.RpcError) as unary:
-            channel.unary_unary(f"/{_SERVICE}/Unimplemented", None, None)(b"", timeout=30)
-        assert unary.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert unary.value.details() == "Method not implemented!"
-        streaming = channel.unary_stream(f"/{_SERVICE}/UnimplementedStream", None, None)
-        stream = iter(streaming(b"", timeout=30))
-        assert next(stream) == b"first"
-        with pytest.raises(grpc.RpcError) as streamed:
-            next(stream)
-        assert streamed.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert streamed.value.details() == "the rest is not implemented"
+        unary = _unary_error(channel, "Unimplemented")
+        assert unary.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert unary.details() == "Method not implemented!"
+        streamed = _error_after_first(channel, "UnimplementedStream")
+        assert streamed.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert streamed.details() == "the rest is not implemented"
         with pytest.raises(grpc.RpcError) as refused:
             list(channel.unary_stream(f"/{_SERVICE}/Refusing", None, None)(b"", timeout=30))
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -348,16 +359,10 @@ def test_abort_after_a_set_code_and_a_bug_after_one_keep_their_own_status(
         "SetThenFail": grpc.unary_stream_rpc_method_handler(_set_then_fail),
     }
     with _serving(tmp_path, handlers) as (_, channel):
-        with pytest.raises(grpc.RpcError) as aborted:
-            channel.unary_unary(f"/{_SERVICE}/SetThenAbort", None, None)(b"", timeout=30)
-        assert aborted.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert aborted.value.details() == "denied"
-        streaming = channel.unary_stream(f"/{_SERVICE}/SetThenFail", None, None)
-        stream = iter(streaming(b"", timeout=30))
-        assert next(stream) == b"first"
-        with pytest.raises(grpc.RpcError) as failed:
-            next(stream)
-        assert failed.value.code() == grpc.StatusCode.INTERNAL
+        aborted = _unary_error(channel, "SetThenAbort")
+        assert aborted.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert aborted.details() == "denied"
+        assert _error_after_first(channel, "SetThenFail").code() == grpc.StatusCode.INTERNAL
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [r.exc_info[1] for r in errors if r.exc_info] != []
     assert all(isinstance(r.exc_info[1], ValueError) for r in errors if r.exc_info)
