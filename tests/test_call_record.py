@@ -263,6 +263,29 @@ def _refusing_stream(request: bytes, context: grpc.ServicerContext) -> Iterator[
     yield from ()
 
 
+def _set_then_abort(request: bytes, context: grpc.ServicerContext) -> bytes:
+    context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+    context.set_details("tentative")
+    context.abort(grpc.StatusCode.PERMISSION_DENIED, "denied")
+    raise AssertionError("abort returned")
+
+
+def _set_then_fail(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+    context.set_code(grpc.StatusCode.NOT_FOUND)
+    yield b"first"
+    raise ValueError("a bug after a tentative code")
+
+
+#: Blocking behaviours that end with a status of their own, served beside ours.
+_STATUS_HANDLERS = {
+    "Unimplemented": grpc.unary_unary_rpc_method_handler(_unimplemented),
+    "UnimplementedStream": grpc.unary_stream_rpc_method_handler(_unimplemented_stream),
+    "Refusing": grpc.unary_stream_rpc_method_handler(_refusing_stream),
+    "SetThenAbort": grpc.unary_unary_rpc_method_handler(_set_then_abort),
+    "SetThenFail": grpc.unary_stream_rpc_method_handler(_set_then_fail),
+}
+
+
 @contextlib.contextmanager
 def _serving(tmp_path: Path, handlers: dict[str, Any]) -> Iterator[tuple[app_module.App, Any]]:
     """The production server with `handlers` served beside ours (`create_server(services=)`),
@@ -301,12 +324,7 @@ def test_a_code_a_blocking_behaviour_set_is_its_status_raised_or_not(
     """A blocking behaviour that sets a code and then raises (grpc's generated bases) or
     returns answers with that code, as grpc's own servers do: not INTERNAL, and nothing
     logged as an unexpected error. Health's List, unimplemented by grpcio's servicer, is one."""
-    handlers = {
-        "Unimplemented": grpc.unary_unary_rpc_method_handler(_unimplemented),
-        "UnimplementedStream": grpc.unary_stream_rpc_method_handler(_unimplemented_stream),
-        "Refusing": grpc.unary_stream_rpc_method_handler(_refusing_stream),
-    }
-    with _serving(tmp_path, handlers) as (app, channel):
+    with _serving(tmp_path, _STATUS_HANDLERS) as (app, channel):
         unary = _unary_error(channel, "Unimplemented")
         assert unary.code() == grpc.StatusCode.UNIMPLEMENTED
         assert unary.details() == "Method not implemented!"
@@ -335,30 +353,13 @@ def test_a_code_a_blocking_behaviour_set_is_its_status_raised_or_not(
         ), labels
 
 
-def _set_then_abort(request: bytes, context: grpc.ServicerContext) -> bytes:
-    context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
-    context.set_details("tentative")
-    context.abort(grpc.StatusCode.PERMISSION_DENIED, "denied")
-    raise AssertionError("abort returned")
-
-
-def _set_then_fail(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-    context.set_code(grpc.StatusCode.NOT_FOUND)
-    yield b"first"
-    raise ValueError("a bug after a tentative code")
-
-
 def test_abort_after_a_set_code_and_a_bug_after_one_keep_their_own_status(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Only NotImplementedError turns a set code into the status: an abort's own status wins
     over a code set before it, and any other exception after a set code is still an error of
     ours, INTERNAL and logged with its traceback."""
-    handlers = {
-        "SetThenAbort": grpc.unary_unary_rpc_method_handler(_set_then_abort),
-        "SetThenFail": grpc.unary_stream_rpc_method_handler(_set_then_fail),
-    }
-    with _serving(tmp_path, handlers) as (_, channel):
+    with _serving(tmp_path, _STATUS_HANDLERS) as (_, channel):
         aborted = _unary_error(channel, "SetThenAbort")
         assert aborted.code() == grpc.StatusCode.PERMISSION_DENIED
         assert aborted.details() == "denied"

@@ -120,7 +120,7 @@ class PackageLoaderServicer(PackageLoaderServiceServicer):
     def _load_request(request: pb.LoadRequest, call: calls.CallRecord) -> LoadRequest:
         dist = request.summary.dist
         if len(request.summary.package_id) > MAX_PACKAGE_ID:
-            _package_id(request.summary)  # raises InvalidRequest
+            raise _long_package_id(request.summary.package_id)
         call.package_id = request.summary.package_id[:200]
         call.sha256 = dist.webc_sha256[:64]
         return LoadRequest(
@@ -417,11 +417,14 @@ def _package_id(summary: Any) -> str:
     """A summary's package id, within `MAX_PACKAGE_ID`."""
     package_id: str = summary.package_id
     if len(package_id) > MAX_PACKAGE_ID:
-        raise InvalidRequest(
-            f"package_id is {len(package_id)} characters long; at most {MAX_PACKAGE_ID} are "
-            "accepted"
-        )
+        raise _long_package_id(package_id)
     return package_id
+
+
+def _long_package_id(package_id: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"package_id is {len(package_id)} characters long; at most {MAX_PACKAGE_ID} are accepted"
+    )
 
 
 def _enum(table: Mapping[Any, Any], value: int, name: str) -> Any:
